@@ -1,0 +1,77 @@
+"""Aggregates kept in a report, and how they combine. Pure: no I/O.
+
+A report keeps every statistic at once (total, event count, maximum, latest value), so the
+meter's rule only chooses which one is its value. That keeps recording branch-free and
+makes combining reports for a query exact whatever the rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+Aggregation = Literal["sum", "count", "max", "last"]
+#: The aggregations a local meter may use.
+AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "last")
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """The statistics of a set of usage events."""
+
+    total: Decimal = ZERO
+    events: int = 0
+    max_value: Decimal | None = None
+    last_value: Decimal | None = None
+    last_at: datetime | None = None
+
+    def add(self, quantity: Decimal, at: datetime) -> Aggregate:
+        """Return this aggregate with one more event; on an equal time the newer one wins."""
+        newer = self.last_at is None or at >= self.last_at
+        return Aggregate(
+            total=self.total + quantity,
+            events=self.events + 1,
+            max_value=quantity if self.max_value is None else max(self.max_value, quantity),
+            last_value=quantity if newer else self.last_value,
+            last_at=at if newer else self.last_at,
+        )
+
+    def merge(self, later: Aggregate) -> Aggregate:
+        """Combine with ``later``, whose events were recorded after this one's."""
+        if later.events == 0:
+            return self
+        if self.events == 0:
+            return later
+        assert self.last_at is not None and later.last_at is not None  # events > 0
+        newer = later.last_at >= self.last_at
+        maxima = [v for v in (self.max_value, later.max_value) if v is not None]
+        return replace(
+            self,
+            total=self.total + later.total,
+            events=self.events + later.events,
+            max_value=max(maxima),
+            last_value=later.last_value if newer else self.last_value,
+            last_at=later.last_at if newer else self.last_at,
+        )
+
+    def value(self, aggregation: Aggregation) -> Decimal:
+        """The aggregate by the meter's rule; zero when there are no events."""
+        if aggregation == "sum":
+            return self.total
+        if aggregation == "count":
+            return Decimal(self.events)
+        if aggregation == "max":
+            return self.max_value if self.max_value is not None else ZERO
+        return self.last_value if self.last_value is not None else ZERO
+
+
+def combine(parts: list[Aggregate]) -> Aggregate:
+    """Merge aggregates given in recording order."""
+    result = Aggregate()
+    for part in parts:
+        result = result.merge(part)
+    return result

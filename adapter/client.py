@@ -1,0 +1,143 @@
+"""The object applications hold: ``ms = adapter.connect()``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from adapter import db, validation
+from adapter.catalog import Accounts, Meters
+from adapter.errors import InvalidPeriod, MetersyncError
+from adapter.models import utcnow
+from adapter.periods import Periods
+from adapter.queries import Usage, read_usage
+from adapter.recorder import BatchResult, Receipt, Recorder
+from adapter.schedule_store import ScheduleStore
+from config.settings import Settings
+
+DateLike = str | date | datetime
+
+
+class Metersync:
+    """Records usage and answers usage queries over one database."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._autocommit = (
+            db.make_autocommit_engine(settings.database_url)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
+        self.accounts = Accounts(engine)
+        self.meters = Meters(engine, default_meter=settings.default_meter)
+        self.schedule = ScheduleStore(engine, initial=settings.report_schedule)
+        self.periods = Periods(engine)
+        self._recorder = Recorder(
+            engine, self.accounts, self.meters, self.schedule, self.periods,
+            autocommit=self._autocommit,
+        )
+
+    def increment(
+        self,
+        account: str,
+        quantity: int | float | str | Decimal = 1,
+        *,
+        meter: str | None = None,
+        idempotency_key: str | None = None,
+        timestamp: DateLike | int | float | None = None,
+        dimensions: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Record one usage event. Raises :class:`~adapter.errors.InvalidUsage` on bad
+        input (nothing is stored); a repeated key returns the original receipt."""
+        item: dict[str, Any] = {"account": account, "quantity": quantity, "meter": meter,
+                                "idempotency_key": idempotency_key, "timestamp": timestamp}
+        if dimensions is not None:
+            item["dimensions"] = dimensions
+        receipt = self._recorder.record([item], strict=True).receipts[0]
+        assert receipt is not None  # strict mode raises instead of rejecting
+        return receipt
+
+    def record_many(self, items: Sequence[Mapping[str, Any]]) -> BatchResult:
+        """Record a batch in one transaction; invalid items are reported, valid ones kept."""
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise validation.InvalidUsage("record_many takes a list of usage items")
+        return self._recorder.record(list(items))
+
+    def get_usage(
+        self,
+        account: str,
+        period_start: DateLike | None = None,
+        period_end: DateLike | None = None,
+        *,
+        meter: str | None = None,
+    ) -> Usage:
+        """Per meter, the usage of ``account`` over ``[period_start, period_end)``; with no
+        dates, over the account's current billing period (the calendar month until the
+        mirror knows one)."""
+        info = self.accounts.get(account)
+        with self.engine.connect() as conn:
+            if meter is None:
+                meters = self.meters.list()
+            else:
+                found = self.meters.resolve(conn, [meter])
+                if meter not in found:
+                    raise self.meters.unknown(meter)
+                meters = [found[meter]]
+            start, end, source = self._period(conn, info.id, period_start, period_end)
+            per_meter = read_usage(conn, account_id=info.id, meters=meters, start=start, end=end)
+        return Usage(account, start, end, per_meter, source)
+
+    def _period(
+        self, conn: sa.Connection, account_id: int, start: DateLike | None, end: DateLike | None
+    ) -> tuple[datetime, datetime, str]:
+        if start is not None and end is not None:
+            return (*validation.period(start, end), "requested")
+        if start is not None or end is not None:
+            raise InvalidPeriod("give both period_start and period_end, or neither")
+        current = self.periods.current(conn, account_id)
+        if current is not None:
+            return (*current, "billing_period")
+        return (*validation.default_period(utcnow()), "calendar_month")
+
+    def set_billing_period(
+        self, account: str, period_start: DateLike, period_end: DateLike, *, source: str = "manual"
+    ) -> None:
+        """Record a billing period of ``account`` (the webhook mirror does this from Stripe
+        subscription items); new report windows are cut at its boundaries."""
+        self.periods.set(self.accounts.get(account).id, period_start, period_end, source=source)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()
+
+
+def connect(settings: Settings | None = None, *, database_url: str | None = None) -> Metersync:
+    """Wire metersync from settings (the environment by default). SQLite databases are
+    created and migrated on first use; PostgreSQL ones must be at the current migration
+    (``metersync db upgrade``) unless ``METERSYNC_AUTO_MIGRATE`` is set."""
+    if settings is None:
+        settings = Settings()
+    if database_url is not None:
+        settings = settings.model_copy(update={"database_url": database_url})
+        Settings.model_validate(settings.model_dump())  # same checks as from the environment
+    engine = db.make_engine(settings.database_url)
+    try:
+        sqlite = engine.dialect.name == "sqlite"
+        db.ensure_schema(engine, migrate=sqlite or settings.auto_migrate)
+    except MetersyncError:
+        engine.dispose()
+        raise
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        where = engine.url.render_as_string(hide_password=True)
+        raise MetersyncError(f"cannot reach the database at {where}: {exc.orig}") from None
+    ms = Metersync(settings, engine)
+    ms.schedule.seed()
+    return ms

@@ -1,0 +1,106 @@
+"""Engines, transactions and migrations. Nothing connects until :func:`make_engine` is called."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from adapter.errors import SchemaOutOfDate
+
+_migrate_lock = threading.Lock()
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> sa.Engine:
+    """An engine for SQLite (WAL, immediate write transactions) or PostgreSQL (psycopg 3)."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_pre_ping=False
+        )
+        _sqlite_transactions(engine)
+        return engine
+    # No pre-ping: it costs a round trip per checkout. A connection the server dropped
+    # fails its statement with connection_invalidated, and the recorder retries it.
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+
+
+def make_autocommit_engine(url: str, *, pool_size: int = 10) -> sa.Engine:
+    """PostgreSQL connections in autocommit, for work done in one atomic statement."""
+    return sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+        isolation_level="AUTOCOMMIT",
+    )
+
+
+def _sqlite_transactions(engine: sa.Engine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, decide when transactions begin, and make
+    them ``BEGIN IMMEDIATE`` so that concurrent writers queue instead of failing."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One database transaction: committed on success, rolled back on any error."""
+    with engine.begin() as conn:
+        yield conn
+
+
+def _alembic_config(engine: sa.Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("adapter") / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision(engine: sa.Engine) -> str | None:
+    """The newest migration shipped with this version of metersync."""
+    return ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The migration the database is at, or None for an empty database."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: sa.Engine) -> str | None:
+    """Apply every pending migration; safe to call from several processes at once."""
+    with _migrate_lock:
+        command.upgrade(_alembic_config(engine), "head")
+    return current_revision(engine)
+
+
+def ensure_schema(engine: sa.Engine, *, migrate: bool) -> None:
+    """Migrate (when allowed) or refuse to run on a schema behind this code."""
+    current, head = current_revision(engine), head_revision(engine)
+    if current == head:
+        return
+    if migrate:
+        upgrade(engine)
+        return
+    raise SchemaOutOfDate(
+        f"database schema is at {current or 'nothing'}, this metersync needs {head}; "
+        "run `metersync db upgrade` (or set METERSYNC_AUTO_MIGRATE=true)"
+    )

@@ -1,0 +1,39 @@
+"""Everything metersync raises on purpose derives from :class:`MetersyncError`."""
+
+from __future__ import annotations
+
+
+class MetersyncError(Exception):
+    """Base class of every error metersync raises on purpose."""
+
+
+class InvalidUsage(MetersyncError):  # noqa: N818 - public contract name
+    """Bad input to a usage call: nothing was stored."""
+
+
+class UnknownAccount(InvalidUsage):  # noqa: N818 - reads better than UnknownAccountError
+    """The account named in a usage call does not exist."""
+
+
+class UnknownMeter(InvalidUsage):  # noqa: N818
+    """The meter named in a usage call does not exist."""
+
+
+class InvalidQuantity(InvalidUsage):  # noqa: N818
+    """A quantity that is negative, not finite, not a number or too precise."""
+
+
+class InvalidTimestamp(InvalidUsage):  # noqa: N818
+    """A timestamp that is malformed, too far in the future or too old to bill."""
+
+
+class InvalidPeriod(InvalidUsage):  # noqa: N818
+    """A usage query period that is malformed or empty."""
+
+
+class ConfigurationError(MetersyncError):
+    """Settings or stored configuration that cannot work (bad schedule, bad meter)."""
+
+
+class SchemaOutOfDate(MetersyncError):  # noqa: N818
+    """The database schema is behind this version of metersync."""

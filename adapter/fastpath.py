@@ -1,0 +1,100 @@
+"""PostgreSQL: one increment in one autocommit statement (one round trip).
+
+The statement is atomic on its own. Its common-table expressions run in this order:
+``dup`` looks for an earlier event with the key; if there is none, ``rep`` upserts the
+open report with the new aggregate (taking its row lock) and ``ev`` inserts the event.
+If a concurrent transaction takes the key between ``dup`` and ``ev``, ``ev`` inserts
+nothing while ``rep`` has already counted the event; the final SELECT then divides by
+zero on purpose, which aborts the whole statement, and the caller reads the original
+event. The error is the only way plain SQL can abort itself; it is raised for nothing
+else here, and it is caught by SQLSTATE, not by message.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+#: SQLSTATE of division_by_zero: the statement's own "lost a race on the key" signal.
+RACE_SQLSTATE = "22012"
+
+INCREMENT_SQL = sa.text("""
+WITH dup AS (
+    SELECT id, report_id, quantity, occurred_at FROM usage_event
+    WHERE account_id = :account_id AND idempotency_key = CAST(:key AS varchar)
+), rep AS (
+    INSERT INTO usage_report AS r (
+        account_id, meter_id, status, window_start, window_end, period_start, period_end,
+        total, events, max_value, last_value, last_at, attempts, created_at)
+    SELECT :account_id, :meter_id, 'open', CAST(:window_start AS timestamptz),
+        CAST(:window_end AS timestamptz), CAST(:period_start AS timestamptz),
+        CAST(:period_end AS timestamptz), CAST(:quantity AS numeric), 1,
+        CAST(:quantity AS numeric), CAST(:quantity AS numeric),
+        CAST(:occurred_at AS timestamptz), 0, CAST(:now AS timestamptz)
+    WHERE NOT EXISTS (SELECT 1 FROM dup)
+    ON CONFLICT (account_id, meter_id, window_start) WHERE status = 'open' DO UPDATE SET
+        total = r.total + EXCLUDED.total,
+        events = r.events + 1,
+        max_value = GREATEST(r.max_value, EXCLUDED.max_value),
+        last_value = CASE WHEN r.last_at IS NULL OR EXCLUDED.last_at >= r.last_at
+                          THEN EXCLUDED.last_value ELSE r.last_value END,
+        last_at = GREATEST(r.last_at, EXCLUDED.last_at)
+    RETURNING id
+), ev AS (
+    INSERT INTO usage_event (account_id, meter_id, report_id, quantity, occurred_at,
+        received_at, idempotency_key, dimensions)
+    SELECT :account_id, :meter_id, rep.id, CAST(:quantity AS numeric),
+        CAST(:occurred_at AS timestamptz), CAST(:now AS timestamptz),
+        CAST(:key AS varchar), CAST(:dimensions AS json)
+    FROM rep
+    ON CONFLICT (account_id, idempotency_key) DO NOTHING
+    RETURNING id
+)
+SELECT
+    (SELECT id FROM ev) AS event_id,
+    (SELECT id FROM rep) AS report_id,
+    dup.id AS dup_id, dup.report_id AS dup_report_id,
+    dup.quantity AS dup_quantity, dup.occurred_at AS dup_occurred_at,
+    -- counted in rep but not inserted in ev: divide by ev's row count, zero, to abort
+    -- (a literal 1/0 would be folded, and raised, when the statement is planned)
+    CASE WHEN EXISTS (SELECT 1 FROM rep) THEN 1 / (SELECT count(*) FROM ev) ELSE 0 END
+        AS lost_race
+FROM (SELECT 1) AS one LEFT JOIN dup ON true
+""")
+
+#: The same statement in the driver's own parameter style: it is sent straight through
+#: the psycopg connection, which prepares it server-side after a few runs.
+INCREMENT_PSYCOPG = re.sub(r"(?<!:):(\w+)", r"%(\1)s", str(INCREMENT_SQL))
+
+ORIGINAL_SQL = sa.text(
+    "SELECT id, report_id, quantity, occurred_at FROM usage_event "
+    "WHERE account_id = :account_id AND idempotency_key = :key"
+)
+
+
+def run(driver_conn: Any, values: dict[str, Any]) -> Any:
+    """Execute the increment on a raw psycopg connection in autocommit; one round trip."""
+    cur = driver_conn.execute(INCREMENT_PSYCOPG, values)
+    names = [c.name for c in cur.description]
+    row = cur.fetchone()
+    result = dict(zip(names, row, strict=True))
+    if result["dup_occurred_at"] is not None:
+        result["dup_occurred_at"] = result["dup_occurred_at"].astimezone(UTC)
+    return result
+
+
+def params(
+    *, account_id: int, meter_id: int, quantity: Decimal, occurred_at: datetime,
+    key: str | None, dimensions: str | None, window: Any, now: datetime,
+) -> dict[str, Any]:
+    """The bound values of :data:`INCREMENT_SQL`."""
+    return {
+        "account_id": account_id, "meter_id": meter_id, "quantity": quantity,
+        "occurred_at": occurred_at, "key": key, "dimensions": dimensions, "now": now,
+        "window_start": window.start, "window_end": window.end,
+        "period_start": window.period_start, "period_end": window.period_end,
+    }

@@ -1,0 +1,98 @@
+"""Billing periods per account, as report windows need them, cached briefly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+
+from adapter import validation
+from adapter.errors import InvalidPeriod
+from adapter.models import BillingPeriod, table, utcnow
+from adapter.windows import Period
+from config import defaults
+
+_PERIODS = table(BillingPeriod)
+#: How long a process trusts its copy of an account's periods. The webhook mirror closes
+#: the old period's reports when a new period begins, and pushing cuts a report at any
+#: boundary it crosses, so a copy this stale cannot bill usage in the wrong period.
+CACHE_SECONDS = 2.0
+
+
+class Periods:
+    """Known billing periods ``[start, end)`` of each account."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._cache: dict[int, tuple[float, list[Period]]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, conn: sa.Connection, account_ids: Iterable[int]) -> dict[int, list[Period]]:
+        """The recent periods of each account (cached for :data:`CACHE_SECONDS`)."""
+        now = time.monotonic()
+        found: dict[int, list[Period]] = {}
+        missing: list[int] = []
+        for account_id in set(account_ids):
+            cached = self._cache.get(account_id)
+            if cached is not None and now - cached[0] < CACHE_SECONDS:
+                found[account_id] = cached[1]
+            else:
+                missing.append(account_id)
+        if missing:
+            oldest = utcnow() - defaults.STRIPE_MAX_EVENT_AGE
+            rows = conn.execute(
+                sa.select(_PERIODS.c.account_id, _PERIODS.c.period_start, _PERIODS.c.period_end)
+                .where(_PERIODS.c.account_id.in_(missing))
+                .where(_PERIODS.c.period_end > oldest)
+                .order_by(_PERIODS.c.period_start)
+            ).all()
+            fresh: dict[int, list[Period]] = {a: [] for a in missing}
+            for row in rows:
+                fresh[row.account_id].append((row.period_start, row.period_end))
+            with self._lock:
+                self._cache.update({a: (now, p) for a, p in fresh.items()})
+            found.update(fresh)
+        return found
+
+    def current(self, conn: sa.Connection, account_id: int) -> Period | None:
+        """The period containing now, if known."""
+        now = utcnow()
+        row = conn.execute(
+            sa.select(_PERIODS.c.period_start, _PERIODS.c.period_end)
+            .where(_PERIODS.c.account_id == account_id)
+            .where(_PERIODS.c.period_start <= now, _PERIODS.c.period_end > now)
+            .order_by(_PERIODS.c.period_start.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else (row.period_start, row.period_end)
+
+    def set(self, account_id: int, start: object, end: object, *, source: str) -> Period:
+        """Store a period; refuse one that overlaps another known period of the account."""
+        begin, finish = validation.period(start, end)
+        with self._engine.begin() as conn:
+            overlap = conn.execute(
+                sa.select(_PERIODS.c.period_start, _PERIODS.c.period_end)
+                .where(_PERIODS.c.account_id == account_id)
+                .where(_PERIODS.c.period_start < finish, _PERIODS.c.period_end > begin)
+                .where(_PERIODS.c.period_start != begin)
+            ).first()
+            if overlap is not None:
+                raise InvalidPeriod(
+                    f"period {begin.isoformat()}..{finish.isoformat()} overlaps the known "
+                    f"period {overlap.period_start.isoformat()}..{overlap.period_end.isoformat()}"
+                )
+            conn.execute(
+                _PERIODS.delete().where(
+                    _PERIODS.c.account_id == account_id, _PERIODS.c.period_start == begin
+                )
+            )
+            conn.execute(
+                _PERIODS.insert().values(
+                    account_id=account_id, period_start=begin, period_end=finish, source=source
+                )
+            )
+        with self._lock:
+            self._cache.pop(account_id, None)
+        return begin, finish

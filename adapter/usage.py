@@ -1,0 +1,51 @@
+"""Gravity-style convenience on a default connection made from the environment.
+
+    from adapter import usage
+    usage.increment(account="acct_1", quantity=10)   # default meter, +10
+    usage.get(account="acct_1", period_start="2026-10-10", period_end="2026-11-11")
+"""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import Any
+
+from adapter.client import DateLike, Metersync, connect
+from adapter.queries import Usage
+from adapter.recorder import Receipt
+
+_default: Metersync | None = None
+_lock = threading.Lock()
+
+
+def default_connection() -> Metersync:
+    """The process-wide connection, made on first use."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = connect()
+        return _default
+
+
+def set_default_connection(ms: Metersync | None) -> None:
+    """Use ``ms`` for the functions of this module (None: connect again on next use)."""
+    global _default
+    with _lock:
+        _default = ms
+
+
+def increment(
+    *, account: str, quantity: int | float | str | Decimal = 1, meter: str | None = None,
+    **kwargs: Any,
+) -> Receipt:
+    """Add ``quantity`` (default 1) to ``account`` on ``meter`` (default: the default meter)."""
+    return default_connection().increment(account, quantity, meter=meter, **kwargs)
+
+
+def get(
+    *, account: str, period_start: DateLike | None = None, period_end: DateLike | None = None,
+    meter: str | None = None,
+) -> Usage:
+    """Usage of ``account`` over the period (default: its current billing period)."""
+    return default_connection().get_usage(account, period_start, period_end, meter=meter)

@@ -1,0 +1,23 @@
+"""Embedded defaults and Stripe limits that the adapter respects."""
+
+from datetime import timedelta
+
+#: SQLite file used when no database URL is configured.
+DATABASE_URL = "sqlite:///./metersync.db"
+#: Schedule used until an operator stores another one.
+REPORT_SCHEDULE = "every 1h"
+#: Meter used when a call names none; created as a ``sum`` meter on first use.
+DEFAULT_METER = "usage"
+#: Stripe refuses meter events more than this far in the future.
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+#: Stripe refuses meter events older than this.
+STRIPE_MAX_EVENT_AGE = timedelta(days=35)
+#: We refuse events a little younger than Stripe's limit, so the report they land in
+#: can still be pushed after the next schedule tick.
+PUSH_MARGIN = timedelta(hours=1)
+#: Stripe accepts at most this many significant digits in a meter event value.
+MAX_SIGNIFICANT_DIGITS = 15
+#: Longest Stripe ``event_name`` and ``identifier``.
+MAX_STRIPE_NAME = 100
+#: Longest idempotency key we store.
+MAX_IDEMPOTENCY_KEY = 255

@@ -1,0 +1,86 @@
+"""Typed settings read from the environment (prefix ``METERSYNC_``) and ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config import defaults
+
+
+class Settings(BaseSettings):
+    """Everything metersync reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="METERSYNC_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = defaults.DATABASE_URL
+    redis_url: str | None = None
+    stripe_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("METERSYNC_STRIPE_API_KEY", "STRIPE_API_KEY"),
+    )
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_meter_events_base: str = "https://meter-events.stripe.com"
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_mode: Literal["test", "live"] | None = None
+    report_schedule: str = defaults.REPORT_SCHEDULE
+    ops_token: SecretStr | None = None
+    default_meter: str = defaults.DEFAULT_METER
+    log_level: str = "INFO"
+    #: Apply pending migrations on connect. SQLite always does; PostgreSQL only when set.
+    auto_migrate: bool = False
+
+    @field_validator("stripe_api_key", "stripe_webhook_secret", "ops_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An empty variable means "not configured", not an empty secret."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse placeholders and publishable keys, without echoing the key."""
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if key.startswith("pk_"):
+            raise ValueError("a publishable key (pk_…) cannot send meter events; use sk_ or rk_")
+        if not key.startswith(("sk_", "rk_")) or key in {"sk_test_changeme", "sk_live_changeme"}:
+            raise ValueError("expected a Stripe secret key starting with sk_ or rk_")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        """Accept SQLite and PostgreSQL only, and name the driver we use for PostgreSQL."""
+        if value.startswith(("postgres://", "postgresql://")):
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        if not value.startswith(("sqlite:", "postgresql+psycopg:")):
+            raise ValueError("database_url must be sqlite:///… or postgresql+psycopg://…")
+        return value
+
+    @property
+    def effective_stripe_mode(self) -> Literal["test", "live"]:
+        """``stripe_mode`` if set, else read from the key prefix (test when no key)."""
+        if self.stripe_mode is not None:
+            return self.stripe_mode
+        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        return "live" if key.startswith(("sk_live_", "rk_live_")) else "test"
+
+    @property
+    def dry_run(self) -> bool:
+        """True when no Stripe key is configured: nothing is sent to Stripe."""
+        return self.stripe_api_key is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

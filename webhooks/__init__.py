@@ -1,0 +1,1 @@
+"""HTTP app (issue 4)."""

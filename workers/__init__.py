@@ -1,0 +1,1 @@
+"""Dramatiq workers (issue 3)."""
