@@ -1,8 +1,8 @@
 """metersync: record usage locally, report it to Stripe exactly once, query it per period.
 
-    import adapter
-    ms = adapter.connect()
-    ms.increment("acct_1", 10, meter="api_calls", idempotency_key="req-1")
+import adapter
+ms = adapter.connect()
+ms.increment("acct_1", 10, meter="api_calls", idempotency_key="req-1")
 """
 
 from adapter.client import Metersync, connect

@@ -40,13 +40,28 @@ class Aggregate:
             last_at=at if newer else self.last_at,
         )
 
+    def extend(self, events: list[tuple[Decimal, datetime]]) -> Aggregate:
+        """Return this aggregate with ``events`` added in order (same as repeated ``add``,
+        without building an aggregate per event)."""
+        if not events:
+            return self
+        total, peak, last, last_at = self.total, self.max_value, self.last_value, self.last_at
+        for quantity, at in events:
+            total += quantity
+            if peak is None or quantity > peak:
+                peak = quantity
+            if last_at is None or at >= last_at:
+                last, last_at = quantity, at
+        return Aggregate(total, self.events + len(events), peak, last, last_at)
+
     def merge(self, later: Aggregate) -> Aggregate:
         """Combine with ``later``, whose events were recorded after this one's."""
         if later.events == 0:
             return self
         if self.events == 0:
             return later
-        assert self.last_at is not None and later.last_at is not None  # events > 0
+        assert self.last_at is not None  # events > 0
+        assert later.last_at is not None
         newer = later.last_at >= self.last_at
         maxima = [v for v in (self.max_value, later.max_value) if v is not None]
         return replace(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -266,7 +267,5 @@ class Meters:
         with self._engine.connect() as conn:
             if self.resolve(conn, [self.default]):
                 return
-        try:
+        with contextlib.suppress(sa.exc.IntegrityError):  # another process was first
             self.upsert(self.default, aggregation="sum", actor="metersync")
-        except sa.exc.IntegrityError:
-            pass  # created by another process a moment ago

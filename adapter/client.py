@@ -38,7 +38,11 @@ class Metersync:
         self.schedule = ScheduleStore(engine, initial=settings.report_schedule)
         self.periods = Periods(engine)
         self._recorder = Recorder(
-            engine, self.accounts, self.meters, self.schedule, self.periods,
+            engine,
+            self.accounts,
+            self.meters,
+            self.schedule,
+            self.periods,
             autocommit=self._autocommit,
         )
 
@@ -54,8 +58,13 @@ class Metersync:
     ) -> Receipt:
         """Record one usage event. Raises :class:`~adapter.errors.InvalidUsage` on bad
         input (nothing is stored); a repeated key returns the original receipt."""
-        item: dict[str, Any] = {"account": account, "quantity": quantity, "meter": meter,
-                                "idempotency_key": idempotency_key, "timestamp": timestamp}
+        item: dict[str, Any] = {
+            "account": account,
+            "quantity": quantity,
+            "meter": meter,
+            "idempotency_key": idempotency_key,
+            "timestamp": timestamp,
+        }
         if dimensions is not None:
             item["dimensions"] = dimensions
         receipt = self._recorder.record([item], strict=True).receipts[0]

@@ -35,7 +35,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> sa.Engine:
 def make_autocommit_engine(url: str, *, pool_size: int = 10) -> sa.Engine:
     """PostgreSQL connections in autocommit, for work done in one atomic statement."""
     return sa.create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
         isolation_level="AUTOCOMMIT",
     )
 

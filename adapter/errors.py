@@ -7,27 +7,27 @@ class MetersyncError(Exception):
     """Base class of every error metersync raises on purpose."""
 
 
-class InvalidUsage(MetersyncError):  # noqa: N818 - public contract name
+class InvalidUsage(MetersyncError):
     """Bad input to a usage call: nothing was stored."""
 
 
-class UnknownAccount(InvalidUsage):  # noqa: N818 - reads better than UnknownAccountError
+class UnknownAccount(InvalidUsage):
     """The account named in a usage call does not exist."""
 
 
-class UnknownMeter(InvalidUsage):  # noqa: N818
+class UnknownMeter(InvalidUsage):
     """The meter named in a usage call does not exist."""
 
 
-class InvalidQuantity(InvalidUsage):  # noqa: N818
+class InvalidQuantity(InvalidUsage):
     """A quantity that is negative, not finite, not a number or too precise."""
 
 
-class InvalidTimestamp(InvalidUsage):  # noqa: N818
+class InvalidTimestamp(InvalidUsage):
     """A timestamp that is malformed, too far in the future or too old to bill."""
 
 
-class InvalidPeriod(InvalidUsage):  # noqa: N818
+class InvalidPeriod(InvalidUsage):
     """A usage query period that is malformed or empty."""
 
 
@@ -35,5 +35,5 @@ class ConfigurationError(MetersyncError):
     """Settings or stored configuration that cannot work (bad schedule, bad meter)."""
 
 
-class SchemaOutOfDate(MetersyncError):  # noqa: N818
+class SchemaOutOfDate(MetersyncError):
     """The database schema is behind this version of metersync."""

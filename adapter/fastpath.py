@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 
 #: SQLSTATE of division_by_zero: the statement's own "lost a race on the key" signal.
@@ -71,7 +72,8 @@ FROM (SELECT 1) AS one LEFT JOIN dup ON true
 INCREMENT_PSYCOPG = re.sub(r"(?<!:):(\w+)", r"%(\1)s", str(INCREMENT_SQL))
 
 ORIGINAL_SQL = sa.text(
-    "SELECT id, report_id, quantity, occurred_at FROM usage_event "
+    "SELECT id AS dup_id, report_id AS dup_report_id, quantity AS dup_quantity, "
+    "occurred_at AS dup_occurred_at FROM usage_event "
     "WHERE account_id = :account_id AND idempotency_key = :key"
 )
 
@@ -87,14 +89,84 @@ def run(driver_conn: Any, values: dict[str, Any]) -> Any:
     return result
 
 
+def fetch_all(conn: sa.Connection, sql: str, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on the driver connection inside ``conn``'s transaction and return plain
+    tuples: for a thousand returned ids, SQLAlchemy's row objects cost more than the
+    insert itself. Driver errors are raised as SQLAlchemy's, so callers handle one kind."""
+    driver: psycopg.Connection[tuple[Any, ...]] | None = conn.connection.driver_connection
+    assert driver is not None, "connection is closed"
+    try:
+        with driver.cursor() as cur:
+            cur.execute(sql.encode(), values)
+            return cur.fetchall()
+    except psycopg.OperationalError as exc:
+        raise sa.exc.OperationalError(sql, values, exc) from exc
+    except psycopg.Error as exc:
+        raise sa.exc.DBAPIError(sql, values, exc) from exc
+
+
+def original(conn: sa.Connection, account_id: int, key: str | None) -> dict[str, Any]:
+    """The event that first used ``key`` (it exists: the caller just lost a race to it)."""
+    row = conn.execute(ORIGINAL_SQL, {"account_id": account_id, "key": key}).one()
+    result = dict(row._mapping)
+    result["dup_occurred_at"] = result["dup_occurred_at"].astimezone(UTC)
+    return result
+
+
 def params(
-    *, account_id: int, meter_id: int, quantity: Decimal, occurred_at: datetime,
-    key: str | None, dimensions: str | None, window: Any, now: datetime,
+    *,
+    account_id: int,
+    meter_id: int,
+    quantity: Decimal,
+    occurred_at: datetime,
+    key: str | None,
+    dimensions: str | None,
+    window: Any,
+    now: datetime,
 ) -> dict[str, Any]:
     """The bound values of :data:`INCREMENT_SQL`."""
     return {
-        "account_id": account_id, "meter_id": meter_id, "quantity": quantity,
-        "occurred_at": occurred_at, "key": key, "dimensions": dimensions, "now": now,
-        "window_start": window.start, "window_end": window.end,
-        "period_start": window.period_start, "period_end": window.period_end,
+        "account_id": account_id,
+        "meter_id": meter_id,
+        "quantity": quantity,
+        "occurred_at": occurred_at,
+        "key": key,
+        "dimensions": dimensions,
+        "now": now,
+        "window_start": window.start,
+        "window_end": window.end,
+        "period_start": window.period_start,
+        "period_end": window.period_end,
     }
+
+
+#: PostgreSQL: a whole batch of events in one small statement. Arrays travel as single
+#: parameters, so the statement stays short and is prepared once, unlike a multi-row
+#: VALUES list; ``%b`` sends them in binary, with no per-element quoting. Rows are
+#: inserted in ``ord`` order, so their ids ascend in batch order.
+INSERT_EVENTS_PSYCOPG = """
+INSERT INTO usage_event (account_id, meter_id, report_id, quantity, occurred_at,
+    received_at, idempotency_key, dimensions)
+SELECT a, m, r, q, t, %(now)s, k, CAST(d AS json)
+FROM unnest(%(a)b::int[], %(m)b::int[], %(r)b::bigint[], %(q)b::numeric[],
+    %(t)b::timestamptz[], %(k)b::varchar[], %(d)b::text[])
+    WITH ORDINALITY AS u(a, m, r, q, t, k, d, ord)
+ORDER BY ord
+ON CONFLICT (account_id, idempotency_key) DO NOTHING
+RETURNING id, account_id, idempotency_key
+"""
+
+
+#: PostgreSQL: upsert (and lock) a batch's open reports in one preparable statement, in
+#: the caller's key order so that concurrent batches take row locks in the same order.
+LOCK_REPORTS_PSYCOPG = """
+INSERT INTO usage_report AS r (account_id, meter_id, status, window_start, window_end,
+    period_start, period_end, total, events, attempts, created_at)
+SELECT a, m, 'open', ws, we, ps, pe, 0, 0, 0, %(now)s
+FROM unnest(%(a)b::int[], %(m)b::int[], %(ws)b::timestamptz[], %(we)b::timestamptz[],
+    %(ps)b::timestamptz[], %(pe)b::timestamptz[]) WITH ORDINALITY AS u(a, m, ws, we, ps, pe, ord)
+ORDER BY ord
+ON CONFLICT (account_id, meter_id, window_start) WHERE status = 'open'
+    DO UPDATE SET events = r.events
+RETURNING id, account_id, meter_id, window_start, total, events, max_value, last_value, last_at
+"""

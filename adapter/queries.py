@@ -83,8 +83,9 @@ def sent_value(aggregation: Aggregation, parts: list[_Part]) -> Decimal:
     sent = [p for p in parts if p.sent]
     if not sent:
         return ZERO
-    values = [p.sent_value if p.sent_value is not None else p.aggregate.value(aggregation)
-              for p in sent]
+    values = [
+        p.sent_value if p.sent_value is not None else p.aggregate.value(aggregation) for p in sent
+    ]
     if aggregation in ("sum", "count"):
         return sum(values, ZERO)
     if aggregation == "max":
@@ -106,17 +107,29 @@ def meter_usage(aggregation: Aggregation, parts: list[_Part]) -> MeterUsage:
 
 
 def read_usage(
-    conn: sa.Connection, *, account_id: int, meters: Iterable[MeterInfo],
-    start: datetime, end: datetime,
+    conn: sa.Connection,
+    *,
+    account_id: int,
+    meters: Iterable[MeterInfo],
+    start: datetime,
+    end: datetime,
 ) -> dict[str, MeterUsage]:
     """Per meter, the usage of the account in ``[start, end)``."""
     meters = list(meters)
     by_id = {m.id: m for m in meters}
     rows = conn.execute(
         sa.select(
-            _REPORTS.c.id, _REPORTS.c.meter_id, _REPORTS.c.status, _REPORTS.c.window_start,
-            _REPORTS.c.window_end, _REPORTS.c.total, _REPORTS.c.events, _REPORTS.c.max_value,
-            _REPORTS.c.last_value, _REPORTS.c.last_at, _REPORTS.c.sent_value,
+            _REPORTS.c.id,
+            _REPORTS.c.meter_id,
+            _REPORTS.c.status,
+            _REPORTS.c.window_start,
+            _REPORTS.c.window_end,
+            _REPORTS.c.total,
+            _REPORTS.c.events,
+            _REPORTS.c.max_value,
+            _REPORTS.c.last_value,
+            _REPORTS.c.last_at,
+            _REPORTS.c.sent_value,
         )
         .where(_REPORTS.c.account_id == account_id)
         .where(_REPORTS.c.meter_id.in_(list(by_id)))

@@ -1,8 +1,8 @@
 """Gravity-style convenience on a default connection made from the environment.
 
-    from adapter import usage
-    usage.increment(account="acct_1", quantity=10)   # default meter, +10
-    usage.get(account="acct_1", period_start="2026-10-10", period_end="2026-11-11")
+from adapter import usage
+usage.increment(account="acct_1", quantity=10)   # default meter, +10
+usage.get(account="acct_1", period_start="2026-10-10", period_end="2026-11-11")
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def set_default_connection(ms: Metersync | None) -> None:
 
 
 def increment(
-    *, account: str, quantity: int | float | str | Decimal = 1, meter: str | None = None,
+    *,
+    account: str,
+    quantity: int | float | str | Decimal = 1,
+    meter: str | None = None,
     **kwargs: Any,
 ) -> Receipt:
     """Add ``quantity`` (default 1) to ``account`` on ``meter`` (default: the default meter)."""
@@ -44,7 +47,10 @@ def increment(
 
 
 def get(
-    *, account: str, period_start: DateLike | None = None, period_end: DateLike | None = None,
+    *,
+    account: str,
+    period_start: DateLike | None = None,
+    period_end: DateLike | None = None,
     meter: str | None = None,
 ) -> Usage:
     """Usage of ``account`` over the period (default: its current billing period)."""

@@ -8,9 +8,14 @@ from decimal import Decimal, InvalidOperation
 from adapter.errors import InvalidPeriod, InvalidQuantity, InvalidTimestamp, InvalidUsage
 from config import defaults
 
+#: Whole numbers below this have at most 15 significant digits.
+_INT_LIMIT = 10**defaults.MAX_SIGNIFICANT_DIGITS
+
 
 def to_quantity(value: object) -> Decimal:
     """Return ``value`` as a finite, non-negative Decimal of at most 15 significant digits."""
+    if type(value) is int and 0 <= value < _INT_LIMIT:
+        return Decimal(value)  # the common case, decided without the general checks
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise InvalidQuantity(f"quantity must be a number, got {type(value).__name__} {value!r}")
     try:
@@ -65,7 +70,7 @@ def event_time(value: object | None, *, now: datetime) -> datetime:
     """The event time to record: ``now`` when None, else a billable time near ``now``."""
     if value is None:
         return now
-    at = to_utc(value)
+    at = value if type(value) is datetime and value.tzinfo is UTC else to_utc(value)
     if at > now + defaults.MAX_FUTURE_SKEW:
         raise InvalidTimestamp(
             f"timestamp {at.isoformat()} is more than 5 minutes in the future "

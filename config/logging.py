@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -14,7 +15,9 @@ _configured = False
 _SECRET_KEYS = frozenset({"api_key", "stripe_api_key", "authorization", "ops_token", "secret"})
 
 
-def _drop_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Replace any value logged under a secret-looking key."""
     for key in list(event):
         if key.lower() in _SECRET_KEYS:

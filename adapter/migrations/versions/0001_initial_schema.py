@@ -146,7 +146,6 @@ def upgrade() -> None:
         sa.Column("received_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
         sa.Column("dimensions", sa.JSON(), nullable=True),
-        sa.ForeignKeyConstraint(["report_id"], ["usage_report.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("account_id", "idempotency_key", name="uq_usage_event_key"),
     )
