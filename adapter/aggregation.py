@@ -7,6 +7,7 @@ makes combining reports for a query exact whatever the rule.
 
 from __future__ import annotations
 
+import decimal
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -17,6 +18,10 @@ Aggregation = Literal["sum", "count", "max", "last"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "last")
 
 ZERO = Decimal(0)
+#: Decimal context for sums: a quantity below 10^15 with up to 30 decimal places needs 45
+#: digits, and billions of them add a few more; the default 28 would round. Any rounding
+#: that would still happen raises instead of losing a fraction.
+EXACT = decimal.Context(prec=60, traps=[decimal.Inexact, decimal.Overflow])
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +38,7 @@ class Aggregate:
         """Return this aggregate with one more event; on an equal time the newer one wins."""
         newer = self.last_at is None or at >= self.last_at
         return Aggregate(
-            total=self.total + quantity,
+            total=EXACT.add(self.total, quantity),
             events=self.events + 1,
             max_value=quantity if self.max_value is None else max(self.max_value, quantity),
             last_value=quantity if newer else self.last_value,
@@ -46,8 +51,9 @@ class Aggregate:
         if not events:
             return self
         total, peak, last, last_at = self.total, self.max_value, self.last_value, self.last_at
+        add = EXACT.add
         for quantity, at in events:
-            total += quantity
+            total = add(total, quantity)
             if peak is None or quantity > peak:
                 peak = quantity
             if last_at is None or at >= last_at:
@@ -66,7 +72,7 @@ class Aggregate:
         maxima = [v for v in (self.max_value, later.max_value) if v is not None]
         return replace(
             self,
-            total=self.total + later.total,
+            total=EXACT.add(self.total, later.total),
             events=self.events + later.events,
             max_value=max(maxima),
             last_value=later.last_value if newer else self.last_value,

@@ -125,7 +125,10 @@ class Accounts:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(_ACCOUNTS).where(_ACCOUNTS.c.name == name)).first()
         if row is None:
-            raise UnknownAccount(f"unknown account {name!r}; create it with accounts.upsert")
+            raise UnknownAccount(
+                f"unknown account {name!r}; create it with accounts.upsert "
+                "or `metersync accounts add`"
+            )
         return _account(row)
 
     def list(self) -> list[AccountInfo]:
@@ -244,9 +247,14 @@ class Meters:
             raise self.unknown(name)
         return found[name]
 
-    def unknown(self, name: str) -> UnknownMeter:
-        """The error for an unknown meter, naming the meters that exist."""
-        known = ", ".join(m.name for m in self.list()) or "none yet"
+    def unknown(self, name: str, conn: sa.Connection | None = None) -> UnknownMeter:
+        """The error for an unknown meter, naming the meters that exist. Pass the open
+        connection when there is one: a second one would wait on its lock (SQLite)."""
+        if conn is None:
+            names = [m.name for m in self.list()]
+        else:
+            names = list(conn.execute(sa.select(_METERS.c.name).order_by(_METERS.c.name)).scalars())
+        known = ", ".join(names) or "none yet"
         return UnknownMeter(f"unknown meter {name!r}; known meters: {known}")
 
     def resolve(self, conn: sa.Connection, names: Iterable[str]) -> dict[str, MeterInfo]:

@@ -95,7 +95,7 @@ class Metersync:
             else:
                 found = self.meters.resolve(conn, [meter])
                 if meter not in found:
-                    raise self.meters.unknown(meter)
+                    raise self.meters.unknown(meter, conn)
                 meters = [found[meter]]
             start, end, source = self._period(conn, info.id, period_start, period_end)
             per_meter = read_usage(conn, account_id=info.id, meters=meters, start=start, end=end)

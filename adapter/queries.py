@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapter.aggregation import ZERO, Aggregate, Aggregation, combine
+from adapter.aggregation import EXACT, ZERO, Aggregate, Aggregation, combine
 from adapter.catalog import MeterInfo
 from adapter.models import UsageEvent, UsageReport, table
 
@@ -87,7 +87,10 @@ def sent_value(aggregation: Aggregation, parts: list[_Part]) -> Decimal:
         p.sent_value if p.sent_value is not None else p.aggregate.value(aggregation) for p in sent
     ]
     if aggregation in ("sum", "count"):
-        return sum(values, ZERO)
+        total = ZERO
+        for value in values:
+            total = EXACT.add(total, value)
+        return total
     if aggregation == "max":
         return max(values)
     newest = combine([p.aggregate for p in sent])
@@ -103,7 +106,7 @@ def meter_usage(aggregation: Aggregation, parts: list[_Part]) -> MeterUsage:
     total = combine([p.aggregate for p in parts])
     quantity = total.value(aggregation)
     sent = sent_value(aggregation, parts)
-    return MeterUsage(quantity, sent, quantity - sent, total.events, aggregation)
+    return MeterUsage(quantity, sent, EXACT.subtract(quantity, sent), total.events, aggregation)
 
 
 def read_usage(

@@ -115,7 +115,7 @@ class Recorder:
                     "or `metersync accounts add`"
                 )
             elif item.meter not in meters:
-                error = self._meters.unknown(item.meter)
+                error = self._meters.unknown(item.meter, conn)
             if error is not None:
                 if strict:
                     raise error

@@ -28,9 +28,9 @@ class Schedule:
     def window(self, at: datetime) -> tuple[datetime, datetime]:
         """The tick-to-tick window ``[start, end)`` that contains ``at``."""
         if self.interval is not None:
-            step = int(self.interval.total_seconds())
-            offset = int((at - _EPOCH).total_seconds()) // step * step
-            start = _EPOCH + timedelta(seconds=offset)
+            # timedelta // timedelta is exact integer floor division: no float rounding
+            # far from the epoch, and instants before 1970 round down, not toward zero.
+            start = _EPOCH + (at - _EPOCH) // self.interval * self.interval
             return start, start + self.interval
         assert self.cron is not None
         # croniter's get_prev is exclusive of its start, so step back from just after `at`.

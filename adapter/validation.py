@@ -25,18 +25,36 @@ def to_quantity(value: object) -> Decimal:
         raise InvalidQuantity(f"quantity {value!r} is not a number") from None
     if not quantity.is_finite():
         raise InvalidQuantity(f"quantity must be finite, got {value!r}")
+    _check_size(quantity, value)
     if quantity < 0:
         raise InvalidQuantity(
             f"quantity must not be negative, got {value!r}; "
             "record corrections as new usage or adjust in Stripe"
         )
-    digits = len(quantity.normalize().as_tuple().digits) if quantity else 1
-    if digits > defaults.MAX_SIGNIFICANT_DIGITS:
-        raise InvalidQuantity(
-            f"quantity {value!r} has {digits} significant digits; "
-            f"Stripe accepts at most {defaults.MAX_SIGNIFICANT_DIGITS}"
-        )
     return quantity + 0  # normalises -0 to 0
+
+
+def _check_size(quantity: Decimal, value: object) -> None:
+    """Refuse what Stripe cannot take or exact sums cannot hold, before any arithmetic
+    (which could overflow on an exponent like 1E+1000000)."""
+    limit = defaults.MAX_SIGNIFICANT_DIGITS
+    _sign, digits, exponent = quantity.as_tuple()
+    while len(digits) > 1 and digits[-1] == 0:  # trailing zeros are not significant
+        digits, exponent = digits[:-1], int(exponent) + 1
+    if len(digits) > limit:
+        raise InvalidQuantity(
+            f"quantity {value!r} has {len(digits)} significant digits; "
+            f"Stripe accepts at most {limit}"
+        )
+    if quantity and quantity.adjusted() >= limit:
+        raise InvalidQuantity(
+            f"quantity {value!r} is 10^{limit} or more; Stripe accepts whole numbers "
+            f"of at most {limit} digits"
+        )
+    if any(digits) and int(exponent) < -defaults.MAX_DECIMAL_PLACES:
+        raise InvalidQuantity(
+            f"quantity {value!r} has more than {defaults.MAX_DECIMAL_PLACES} decimal places"
+        )
 
 
 def to_utc(value: object, *, field: str = "timestamp") -> datetime:
@@ -49,8 +67,11 @@ def to_utc(value: object, *, field: str = "timestamp") -> datetime:
         except (OverflowError, OSError, ValueError):
             raise InvalidTimestamp(f"{field} {value!r} is not a valid unix time") from None
     if isinstance(value, str):
+        text = value.strip()
         try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            if len(text) == 10:  # a plain date, YYYY-MM-DD: midnight UTC
+                return to_utc(date.fromisoformat(text), field=field)
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise InvalidTimestamp(
                 f"{field} {value!r} is not an ISO 8601 date or datetime"
@@ -58,7 +79,8 @@ def to_utc(value: object, *, field: str = "timestamp") -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise InvalidTimestamp(
-                f"{field} {value.isoformat()} has no time zone; pass an aware datetime (UTC)"
+                f"{field} {value.isoformat()} has no time zone; pass an aware datetime, "
+                "or a string ending in Z or +00:00 (UTC)"
             )
         return value.astimezone(UTC)
     if isinstance(value, date):

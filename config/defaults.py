@@ -17,6 +17,8 @@ STRIPE_MAX_EVENT_AGE = timedelta(days=35)
 PUSH_MARGIN = timedelta(hours=1)
 #: Stripe accepts at most this many significant digits in a meter event value.
 MAX_SIGNIFICANT_DIGITS = 15
+#: Most decimal places a quantity may have, so that sums stay exact in 60 digits.
+MAX_DECIMAL_PLACES = 30
 #: Longest Stripe ``event_name`` and ``identifier``.
 MAX_STRIPE_NAME = 100
 #: Longest idempotency key we store.

@@ -32,38 +32,49 @@ def _describe(info: AccountInfo) -> str:
     return f"account {info.name!r} saved ({customer}; {billing})"
 
 
+Name = Annotated[
+    str, typer.Argument(metavar="NAME", help="Local account id your application uses.")
+]
+StripeCustomer = Annotated[
+    str | None,
+    typer.Option(
+        "--stripe-customer",
+        metavar="CUS_ID",
+        help="Stripe customer id (cus_…) that this account's usage is billed to.",
+        show_default=False,
+    ),
+]
+Free = Annotated[
+    bool | None,
+    typer.Option(
+        "--free/--paid",
+        help="Free accounts have usage tracked but never sent to Stripe. "
+        "New accounts are paid; left unchanged when omitted.",
+        show_default=False,
+    ),
+]
+Metadata = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metadata",
+        metavar="KEY=VALUE",
+        help="Metadata to store on the account; repeat for several pairs. "
+        "Replaces the stored metadata when given.",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print the accounts as JSON instead of a table.")
+]
+
+
 @app.command("add")
 def add(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Local account id your application uses.")],
-    stripe_customer: Annotated[
-        str | None,
-        typer.Option(
-            "--stripe-customer",
-            metavar="CUS_ID",
-            help="Stripe customer id (cus_…) that this account's usage is billed to.",
-            show_default=False,
-        ),
-    ] = None,
-    free: Annotated[
-        bool | None,
-        typer.Option(
-            "--free/--paid",
-            help="Free accounts have usage tracked but never sent to Stripe. "
-            "New accounts are paid; left unchanged when omitted.",
-            show_default=False,
-        ),
-    ] = None,
-    metadata: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metadata",
-            metavar="KEY=VALUE",
-            help="Metadata to store on the account; repeat for several pairs. "
-            "Replaces the stored metadata when given.",
-            show_default=False,
-        ),
-    ] = None,
+    name: Name,
+    stripe_customer: StripeCustomer = None,
+    free: Free = None,
+    metadata: Metadata = None,
 ) -> None:
     """Create an account, or update the fields given of an existing one."""
     meta = parse_metadata(metadata) if metadata else None
@@ -93,9 +104,7 @@ def _table(accounts: list[AccountInfo]) -> Table:
 @app.command("list")
 def list_accounts(
     ctx: typer.Context,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the accounts as JSON instead of a table.")
-    ] = False,
+    as_json: AsJson = False,
 ) -> None:
     """List every account, by name."""
     with connected(ctx) as ms:

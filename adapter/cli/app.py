@@ -47,28 +47,30 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        metavar="URL",
+        help="SQLAlchemy URL of the database (sqlite:///… or postgresql+psycopg://…); "
+        "overrides METERSYNC_DATABASE_URL.",
+        show_default=False,
+    ),
+]
+Version = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the metersync version and exit.",
+    ),
+]
+
+
 @app.callback()
 def root(
-    ctx: typer.Context,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url",
-            metavar="URL",
-            help="SQLAlchemy URL of the database (sqlite:///… or postgresql+psycopg://…); "
-            "overrides METERSYNC_DATABASE_URL.",
-            show_default=False,
-        ),
-    ] = None,
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=_print_version,
-            is_eager=True,
-            help="Print the metersync version and exit.",
-        ),
-    ] = False,
+    ctx: typer.Context, database_url: DatabaseUrl = None, show_version: Version = False
 ) -> None:
     """Record usage locally and report it to Stripe's usage-based billing."""
     ctx.obj = CliState(database_url=database_url)

@@ -17,7 +17,7 @@ from config.settings import Settings
 
 #: Tables and step lines. No markup: names users chose may contain brackets. JSON goes
 #: through :func:`print_json` instead, unstyled.
-console = Console(highlight=False, markup=False)
+console = Console(highlight=False, markup=False, soft_wrap=True)
 #: Error lines.
 err_console = Console(stderr=True, highlight=False, markup=False)
 

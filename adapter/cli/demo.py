@@ -65,12 +65,12 @@ def _record_single(ms: Metersync, run: str) -> None:
 
 
 def _record_batch(ms: Metersync, run: str) -> None:
+    # (meter, quantity, key number): key 1 is the first increment's key again.
+    batch = [("api_calls", 3, 3), ("storage_gb", 4, 4), ("api_calls", 10, 1), ("api_calls", -5, 5)]
     items: list[dict[str, Any]] = [
-        {"account": ACCOUNT, "meter": "api_calls", "quantity": 3, "idempotency_key": f"demo-{run}-3"},
-        {"account": ACCOUNT, "meter": "storage_gb", "quantity": 4, "idempotency_key": f"demo-{run}-4"},
-        {"account": ACCOUNT, "meter": "api_calls", "quantity": 10, "idempotency_key": f"demo-{run}-1"},
-        {"account": ACCOUNT, "meter": "api_calls", "quantity": -5, "idempotency_key": f"demo-{run}-5"},
-    ]  # fmt: skip
+        {"account": ACCOUNT, "meter": m, "quantity": q, "idempotency_key": f"demo-{run}-{k}"}
+        for m, q, k in batch
+    ]
     step(
         "record_many: a batch of 4 in one transaction: 3 api_calls, a storage_gb reading of 4, "
         "the first key again, and a negative quantity."
@@ -99,18 +99,18 @@ def _finish(ms: Metersync, database: Path, *, earlier: bool) -> None:
     step(f"Look again with: metersync --database-url sqlite:///{database} usage {ACCOUNT}")
 
 
-def demo(
-    ctx: typer.Context,
-    database: Annotated[
-        Path,
-        typer.Option(
-            "--database",
-            metavar="PATH",
-            dir_okay=False,
-            help="SQLite file to use; created when missing.",
-        ),
-    ] = Path("metersync.db"),
-) -> None:
+Database = Annotated[
+    Path,
+    typer.Option(
+        "--database",
+        metavar="PATH",
+        dir_okay=False,
+        help="SQLite file to use; created when missing.",
+    ),
+]
+
+
+def demo(ctx: typer.Context, database: Database = Path("metersync.db")) -> None:
     """Try metersync end to end on the embedded defaults: no server, no configuration.
 
     Creates a demo account and meters, records usage (with a repeated idempotency key and

@@ -32,36 +32,46 @@ class RoundingChoice(StrEnum):
     NEAREST = "nearest"
 
 
+Name = Annotated[
+    str, typer.Argument(metavar="NAME", help="Local meter name used when recording usage.")
+]
+EventName = Annotated[
+    str | None,
+    typer.Option(
+        "--event-name",
+        help="Stripe meter event name (default on create: the meter name).",
+        show_default=False,
+    ),
+]
+AggregationOption = Annotated[
+    AggregationChoice | None,
+    typer.Option(
+        "--aggregation",
+        help="How events combine over a period (default on create: sum). "
+        "Cannot change once the meter holds usage.",
+        show_default=False,
+    ),
+]
+RoundingOption = Annotated[
+    RoundingChoice | None,
+    typer.Option(
+        "--rounding",
+        help="How a fraction left at period close is rounded for Stripe (default on create: down).",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print the meters as JSON instead of a table.")
+]
+
+
 @app.command("add")
 def add(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Local meter name used when recording usage.")],
-    event_name: Annotated[
-        str | None,
-        typer.Option(
-            "--event-name",
-            help="Stripe meter event name (default on create: the meter name).",
-            show_default=False,
-        ),
-    ] = None,
-    aggregation: Annotated[
-        AggregationChoice | None,
-        typer.Option(
-            "--aggregation",
-            help="How events combine over a period (default on create: sum). "
-            "Cannot change once the meter holds usage.",
-            show_default=False,
-        ),
-    ] = None,
-    rounding: Annotated[
-        RoundingChoice | None,
-        typer.Option(
-            "--rounding",
-            help="How a fraction left at period close is rounded for Stripe "
-            "(default on create: down).",
-            show_default=False,
-        ),
-    ] = None,
+    name: Name,
+    event_name: EventName = None,
+    aggregation: AggregationOption = None,
+    rounding: RoundingOption = None,
 ) -> None:
     """Create a meter, or update the fields given of an existing one."""
     with connected(ctx) as ms:
@@ -99,9 +109,7 @@ def _table(meters: list[MeterInfo]) -> Table:
 @app.command("list")
 def list_meters(
     ctx: typer.Context,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the meters as JSON instead of a table.")
-    ] = False,
+    as_json: AsJson = False,
 ) -> None:
     """List every meter, by name."""
     with connected(ctx) as ms:

@@ -71,39 +71,49 @@ def usage_table(u: Usage) -> Table:
     return table
 
 
+Account = Annotated[str, typer.Argument(metavar="ACCOUNT", help="Local account id.")]
+From = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        metavar="DATE",
+        help="Start of the period, inclusive: an ISO date (midnight UTC) or an ISO "
+        "datetime with its offset (2026-10-10T08:00:00Z). Give --to as well. "
+        "Default: the account's current billing period.",
+        show_default=False,
+    ),
+]
+To = Annotated[
+    str | None,
+    typer.Option(
+        "--to",
+        metavar="DATE",
+        help="End of the period, exclusive: an ISO date or datetime, like --from.",
+        show_default=False,
+    ),
+]
+MeterOption = Annotated[
+    str | None,
+    typer.Option("--meter", help="Only this meter (default: every meter).", show_default=False),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the usage as JSON instead of a table.")]
+
+
 def usage(
     ctx: typer.Context,
-    account: Annotated[str, typer.Argument(help="Local account id.")],
-    period_start: Annotated[
-        str | None,
-        typer.Option(
-            "--from",
-            metavar="DATE",
-            help="Start of the period, inclusive: an ISO date (midnight UTC) or an ISO "
-            "datetime with its offset (2026-10-10T08:00:00Z). Give --to as well. "
-            "Default: the account's current billing period.",
-            show_default=False,
-        ),
-    ] = None,
-    period_end: Annotated[
-        str | None,
-        typer.Option(
-            "--to",
-            metavar="DATE",
-            help="End of the period, exclusive: an ISO date or datetime, like --from.",
-            show_default=False,
-        ),
-    ] = None,
-    meter: Annotated[
-        str | None,
-        typer.Option("--meter", help="Only this meter (default: every meter).", show_default=False),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the usage as JSON instead of a table.")
-    ] = False,
+    account: Account,
+    period_start: From = None,
+    period_end: To = None,
+    meter: MeterOption = None,
+    as_json: AsJson = False,
 ) -> None:
     """Show an account's usage per meter: quantity, what Stripe has and what is pending."""
     with connected(ctx) as ms:
+        if meter is not None:
+            # Checked first because get_usage, on SQLite, waits 30 s for its own lock
+            # before reporting an unknown meter (it lists the meters inside a transaction).
+            ms.accounts.get(account)
+            ms.meters.get(meter)
         u = ms.get_usage(account, period_bound(period_start), period_bound(period_end), meter=meter)
     if as_json:
         print_json(u.to_dict())
