@@ -110,19 +110,22 @@ def _sqlite_upsert(ordered: list[tuple[tuple[int, int, datetime], Window]]) -> A
         }
         for (account_id, meter_id, _), w in ordered
     ]
-    return (
-        sqlite.insert(_REPORTS)
-        .values(values)
-        .on_conflict_do_update(
-            index_elements=["account_id", "meter_id", "window_start"],
-            index_where=sa.text("status = 'open'"),
-            set_={"events": _REPORTS.c.events},  # a no-op that takes the write lock
-        )
-        .returning(
-            *(
-                _REPORTS.c[c]
-                for c in ("id", "account_id", "meter_id", "window_start", *_AGGREGATE_COLUMNS)
-            )
+    insert = sqlite.insert(_REPORTS).values(values)
+    return insert.on_conflict_do_update(
+        index_elements=["account_id", "meter_id", "window_start"],
+        index_where=sa.text("status = 'open'"),
+        # Takes the write lock; a window that grew (a billing period's end moved later)
+        # extends the report.
+        set_={
+            "events": _REPORTS.c.events,
+            "window_end": sa.func.max(_REPORTS.c.window_end, insert.excluded.window_end),
+            "period_start": insert.excluded.period_start,
+            "period_end": insert.excluded.period_end,
+        },
+    ).returning(
+        *(
+            _REPORTS.c[c]
+            for c in ("id", "account_id", "meter_id", "window_start", *_AGGREGATE_COLUMNS)
         )
     )
 
@@ -197,7 +200,9 @@ def _event_row(item: Item, now: datetime) -> dict[str, Any]:
 def _update_reports(conn: sa.Connection, items: list[Item], reports: dict[int, _Report]) -> None:
     """Write each touched report's new aggregate; drop reports left empty."""
     added: dict[int, list[tuple[Decimal, datetime]]] = {rid: [] for rid in reports}
-    for item in items:
+    # In event-id order, the order queries read events in, so that 'last' ties between
+    # equal times resolve the same way whether a query reads the report or its events.
+    for item in sorted(items, key=lambda i: i.event_id or 0):
         if not item.duplicate:
             assert item.report_id is not None
             added[item.report_id].append((item.quantity, item.occurred_at))

@@ -54,7 +54,13 @@ def _meter(row: Any) -> MeterInfo:
 
 
 def _check_name(kind: str, name: object, limit: int) -> str:
-    if not isinstance(name, str) or not name.strip() or len(name) > limit or name != name.strip():
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > limit
+        or name != name.strip()
+        or "\x00" in name
+    ):
         raise InvalidUsage(
             f"{kind} must be a non-empty string of at most {limit} characters "
             f"without surrounding spaces, got {name!r}"

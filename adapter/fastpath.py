@@ -38,6 +38,9 @@ WITH dup AS (
         CAST(:occurred_at AS timestamptz), 0, CAST(:now AS timestamptz)
     WHERE NOT EXISTS (SELECT 1 FROM dup)
     ON CONFLICT (account_id, meter_id, window_start) WHERE status = 'open' DO UPDATE SET
+        window_end = GREATEST(r.window_end, EXCLUDED.window_end),
+        period_start = EXCLUDED.period_start,
+        period_end = EXCLUDED.period_end,
         total = r.total + EXCLUDED.total,
         events = r.events + 1,
         max_value = GREATEST(r.max_value, EXCLUDED.max_value),
@@ -167,6 +170,7 @@ FROM unnest(%(a)b::int[], %(m)b::int[], %(ws)b::timestamptz[], %(we)b::timestamp
     %(ps)b::timestamptz[], %(pe)b::timestamptz[]) WITH ORDINALITY AS u(a, m, ws, we, ps, pe, ord)
 ORDER BY ord
 ON CONFLICT (account_id, meter_id, window_start) WHERE status = 'open'
-    DO UPDATE SET events = r.events
+    DO UPDATE SET events = r.events, window_end = GREATEST(r.window_end, EXCLUDED.window_end),
+        period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end
 RETURNING id, account_id, meter_id, window_start, total, events, max_value, last_value, last_at
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,11 +96,11 @@ def parse_item(index: int, raw: object, *, now: datetime, default_meter: str) ->
             f"expected {', '.join(sorted(ITEM_FIELDS))}"
         )
     account = raw.get("account")
-    if not isinstance(account, str) or not account:
-        raise InvalidUsage(f"account must be a non-empty string, got {account!r}")
+    if not isinstance(account, str) or not account or "\x00" in account:
+        raise InvalidUsage(f"account must be a non-empty string without NUL, got {account!r}")
     meter = raw.get("meter") or default_meter
-    if not isinstance(meter, str):
-        raise InvalidUsage(f"meter must be a string, got {meter!r}")
+    if not isinstance(meter, str) or "\x00" in meter:
+        raise InvalidUsage(f"meter must be a string without NUL, got {meter!r}")
     return Item(
         index=index,
         account=account,
@@ -116,11 +117,21 @@ def _dimensions(dims: object) -> dict[str, Any] | None:
         return None
     if not (
         isinstance(dims, Mapping)
-        and all(isinstance(k, str) for k in dims)
-        and all(isinstance(v, str | int | float | bool) or v is None for v in dims.values())
+        and all(isinstance(k, str) and "\x00" not in k for k in dims)
+        and all(_scalar(v) for v in dims.values())
     ):
-        raise InvalidUsage("dimensions must map strings to strings, numbers or booleans")
+        raise InvalidUsage(
+            "dimensions must map strings to strings, finite numbers or booleans (no NUL characters)"
+        )
     return dict(dims)
+
+
+def _scalar(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)  # JSON has no NaN or Infinity
+    if isinstance(value, str):
+        return "\x00" not in value
+    return value is None or isinstance(value, int | bool)
 
 
 def mark_batch_duplicates(items: list[Item]) -> list[Item]:

@@ -111,8 +111,8 @@ def idempotency_key(value: object | None) -> str | None:
     """Return a usable idempotency key or None; refuse empty and overlong keys."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise InvalidUsage("idempotency_key must be a non-empty string")
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise InvalidUsage("idempotency_key must be a non-empty string without NUL characters")
     if len(value) > defaults.MAX_IDEMPOTENCY_KEY:
         raise InvalidUsage(
             f"idempotency_key is {len(value)} characters; at most "

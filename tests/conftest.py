@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -20,30 +21,29 @@ from tests.servers import NoServer, Postgres, Redis, find_postgres, find_redis
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def _unavailable(message: str) -> None:
+def _unavailable(message: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{message} (CI=true: server tests must run)", pytrace=False)
     pytest.skip(message)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
+def postgres_server() -> Postgres:
     """A PostgreSQL server for the whole run."""
     try:
-        server = find_postgres()
+        return find_postgres()
     except NoServer as exc:
         _unavailable(str(exc))
-    yield server
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[Redis]:
+def redis_server() -> Redis:
     """A Redis server for the whole run."""
     try:
-        server = find_redis()
+        return find_redis()
     except NoServer as exc:
         _unavailable(str(exc))
-    yield server
 
 
 @pytest.fixture(scope="session")

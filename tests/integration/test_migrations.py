@@ -1,0 +1,214 @@
+"""Schema migrations: refusing an old schema, upgrading, and upgrading concurrently."""
+
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import adapter
+from adapter import db
+from adapter.errors import MetersyncError, SchemaOutOfDate
+from config.settings import Settings
+from tests.servers import Postgres
+
+_SPAWN = multiprocessing.get_context("spawn")
+#: Tables the first migration creates (besides alembic_version).
+TABLES = {
+    "account",
+    "meter",
+    "billing_period",
+    "usage_report",
+    "usage_event",
+    "schedule",
+    "audit_log",
+}
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+@pytest.fixture
+def fresh_url(postgres_server: Postgres) -> Iterator[str]:
+    """An empty PostgreSQL database: no tables, no migrations."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(url)
+
+
+@pytest.fixture
+def engine(fresh_url: str) -> Iterator[sa.Engine]:
+    """An engine on the empty database."""
+    eng = db.make_engine(fresh_url)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+def _upgrade_worker(url: str, barrier: Any, results: Any) -> None:
+    """Process entry point: upgrade ``url`` as soon as every process is ready."""
+    engine = db.make_engine(url)
+    try:
+        barrier.wait(timeout=60)
+        results.put(("ok", db.upgrade(engine)))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_unmigrated_postgres_is_refused(fresh_url: str, engine: sa.Engine) -> None:
+    """connect() on an empty PostgreSQL database raises SchemaOutOfDate naming the fix,
+    and creates nothing."""
+    with pytest.raises(SchemaOutOfDate, match="run `metersync db upgrade`") as caught:
+        adapter.connect(Settings(database_url=fresh_url))
+    assert isinstance(caught.value, MetersyncError)
+    assert f"needs {db.head_revision(engine)}" in str(caught.value)
+    assert "at nothing" in str(caught.value)
+    assert _tables(engine) == set()
+    assert db.current_revision(engine) is None
+
+
+@pytest.mark.postgres
+def test_upgrade_brings_postgres_to_head(fresh_url: str, engine: sa.Engine) -> None:
+    """db.upgrade() applies every migration; connect() then works without auto-migrate."""
+    head = db.head_revision(engine)
+    assert head is not None
+    assert db.upgrade(engine) == head
+    assert db.current_revision(engine) == head
+    assert _tables(engine) == TABLES | {"alembic_version"}
+    ms = adapter.connect(Settings(database_url=fresh_url))
+    try:
+        ms.accounts.upsert("acct_1")
+        ms.meters.upsert("api_calls")
+        assert not ms.increment("acct_1", 2, meter="api_calls").duplicate
+    finally:
+        ms.close()
+
+
+@pytest.mark.postgres
+def test_upgrading_twice_is_a_no_op(fresh_url: str, engine: sa.Engine) -> None:
+    """A second upgrade keeps the revision and the data already stored."""
+    head = db.upgrade(engine)
+    ms = adapter.connect(Settings(database_url=fresh_url))
+    try:
+        ms.accounts.upsert("acct_1", stripe_customer_id="cus_1")
+        ms.meters.upsert("api_calls")
+        ms.increment("acct_1", 5, meter="api_calls", idempotency_key="k")
+        assert db.upgrade(engine) == head
+        assert db.current_revision(engine) == head
+        assert ms.accounts.get("acct_1").stripe_customer_id == "cus_1"
+        assert ms.get_usage("acct_1").meters["api_calls"].quantity == 5
+        with engine.connect() as conn:
+            versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+        assert [v[0] for v in versions] == [head]
+    finally:
+        ms.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("round_", range(3))
+def test_two_processes_upgrading_at_once_both_succeed(
+    postgres_server: Postgres, round_: int
+) -> None:
+    """Two processes upgrading the same empty database together both end at head."""
+    url = postgres_server.create_database()
+    try:
+        barrier = _SPAWN.Barrier(2)
+        results = _SPAWN.Queue()
+        procs = [
+            _SPAWN.Process(target=_upgrade_worker, args=(url, barrier, results), daemon=True)
+            for _ in range(2)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            answers = [results.get(timeout=90) for _ in procs]
+        finally:
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.terminate()
+        engine = db.make_engine(url)
+        try:
+            head = db.head_revision(engine)
+            assert answers == [("ok", head), ("ok", head)], answers
+            assert db.current_revision(engine) == head
+            assert _tables(engine) == TABLES | {"alembic_version"}
+        finally:
+            engine.dispose()
+    finally:
+        postgres_server.drop_database(url)
+
+
+def test_sqlite_migrates_itself_on_connect(tmp_path: Path) -> None:
+    """A new SQLite file is created and brought to head by connect(), without
+    auto_migrate, and connecting again keeps its data."""
+    path = tmp_path / "new.db"
+    url = f"sqlite:///{path}"
+    assert not path.exists()
+    ms = adapter.connect(Settings(database_url=url, auto_migrate=False))
+    try:
+        assert db.current_revision(ms.engine) == db.head_revision(ms.engine)
+        assert _tables(ms.engine) == TABLES | {"alembic_version"}
+        ms.accounts.upsert("acct_1")
+        ms.meters.upsert("api_calls")
+        ms.increment("acct_1", 4, meter="api_calls")
+    finally:
+        ms.close()
+    again = adapter.connect(Settings(database_url=url))
+    try:
+        assert again.get_usage("acct_1").meters["api_calls"].quantity == 4
+    finally:
+        again.close()
+
+
+def _connect_worker(url: str, barrier: Any, results: Any) -> None:
+    """Process entry point: connect to ``url`` (migrating it) once every process is ready."""
+    try:
+        barrier.wait(timeout=60)
+        ms = adapter.connect(Settings(database_url=url))
+        try:
+            results.put(("ok", db.current_revision(ms.engine)))
+        finally:
+            ms.close()
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_processes_connecting_to_a_new_sqlite_file_at_once(tmp_path: Path, round_: int) -> None:
+    """Three processes opening the same new SQLite file together all migrate it safely."""
+    url = f"sqlite:///{tmp_path}/race.db"
+    barrier = _SPAWN.Barrier(3)
+    results = _SPAWN.Queue()
+    procs = [
+        _SPAWN.Process(target=_connect_worker, args=(url, barrier, results), daemon=True)
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        answers = [results.get(timeout=90) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    engine = db.make_engine(url)
+    try:
+        head = db.head_revision(engine)
+        assert answers == [("ok", head)] * 3, answers
+        assert _tables(engine) == TABLES | {"alembic_version"}
+    finally:
+        engine.dispose()
