@@ -33,12 +33,12 @@ class Schedule:
             start = _EPOCH + (at - _EPOCH) // self.interval * self.interval
             return start, start + self.interval
         assert self.cron is not None
-        # croniter's get_prev is exclusive of its start, so step back from just after `at`.
-        after = at + timedelta(microseconds=1)
-        it = croniter(self.cron, after)
-        start = it.get_prev(datetime)
-        end = croniter(self.cron, start).get_next(datetime)
-        return start.astimezone(UTC), end.astimezone(UTC)
+        # Cron ticks fall on whole minutes and croniter's get_prev excludes its start (and
+        # drops sub-second parts), so step back from the minute after the one holding `at`.
+        after = at.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        start = croniter(self.cron, after).get_prev(datetime).astimezone(UTC).replace(fold=0)
+        end = croniter(self.cron, start).get_next(datetime).astimezone(UTC).replace(fold=0)
+        return start, end
 
     def next_tick(self, after: datetime) -> datetime:
         """The first tick strictly after ``after``."""

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from typing import NoReturn
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
 
@@ -19,6 +20,12 @@ from config.settings import Settings
 from tests.servers import NoServer, Postgres, Redis, find_postgres, find_redis
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# CI runs the same examples every time, so a red run can be reproduced and is never luck;
+# local runs keep exploring new examples.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if IN_CI:
+    hypothesis.settings.load_profile("ci")
 
 
 def _unavailable(message: str) -> NoReturn:

@@ -300,6 +300,12 @@ def test_idempotency_key_rejects_too_long() -> None:
         validation.idempotency_key("x" * 256)
 
 
+def test_idempotency_key_rejects_nul_character() -> None:
+    """A key containing NUL is refused: PostgreSQL text cannot store it."""
+    with pytest.raises(InvalidUsage, match="NUL"):
+        validation.idempotency_key("req\x001")
+
+
 @pytest.mark.parametrize("key", [5, b"req-1", ["k"]])
 def test_idempotency_key_rejects_non_strings(key: object) -> None:
     """Keys must be strings; numbers and bytes are refused."""
