@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,11 +17,12 @@ import sqlalchemy as sa
 
 from adapter.aggregation import EXACT, ZERO, Aggregate, Aggregation, combine
 from adapter.catalog import MeterInfo
-from adapter.models import UsageEvent, UsageReport, table
+from adapter.models import UsageEvent, UsageReport, UtcDateTime, table
 
 _EVENTS, _REPORTS = table(UsageEvent), table(UsageReport)
 #: Report statuses whose value Stripe has received.
 SENT = frozenset({"sent"})
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,44 +70,51 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
-class _Part:
-    """What one report contributes to a period."""
+class _Sent:
+    """What Stripe received from one report (or the newest of a group of reports)."""
 
-    aggregate: Aggregate
-    sent: bool
-    sent_value: Decimal | None
+    order: int
+    value: Decimal
+    last_at: datetime | None
 
 
-def sent_value(aggregation: Aggregation, parts: list[_Part]) -> Decimal:
+@dataclass(slots=True)
+class _Parts:
+    """One meter's inputs: aggregates and sent values, each with its report id."""
+
+    aggregates: list[tuple[int, Aggregate]] = field(default_factory=list)
+    sent: list[_Sent] = field(default_factory=list)
+
+    def usage(self, aggregation: Aggregation) -> MeterUsage:
+        """Combine in recording order (report id) into the meter's usage."""
+        total = combine([agg for _, agg in sorted(self.aggregates, key=lambda p: p[0])])
+        quantity = total.value(aggregation)
+        sent = sent_value(aggregation, self.sent)
+        return MeterUsage(quantity, sent, EXACT.subtract(quantity, sent), total.events, aggregation)
+
+
+def sent_value(aggregation: Aggregation, sent: list[_Sent]) -> Decimal:
     """What Stripe holds for the period: the sum sent (sum, count), the running maximum
-    sent (max, to a ``last`` meter), or the value of the newest report sent (last)."""
-    sent = [p for p in parts if p.sent]
+    sent (max, to a ``last`` meter), or the value sent by the newest report (last; on
+    equal times the later report wins, as in :func:`combine`)."""
     if not sent:
         return ZERO
-    values = [
-        p.sent_value if p.sent_value is not None else p.aggregate.value(aggregation) for p in sent
-    ]
     if aggregation in ("sum", "count"):
         total = ZERO
-        for value in values:
-            total = EXACT.add(total, value)
+        for part in sent:
+            total = EXACT.add(total, part.value)
         return total
     if aggregation == "max":
-        return max(values)
-    newest = combine([p.aggregate for p in sent])
-    result = values[-1]
-    for part, value in zip(sent, values, strict=True):
-        if part.aggregate.last_at == newest.last_at:
-            result = value  # the last of equal times wins, as in Aggregate.merge
-    return result
+        return max(part.value for part in sent)
+    newest = max(sent, key=lambda p: (p.last_at is not None, p.last_at or _NEVER, p.order))
+    return newest.value
 
 
-def meter_usage(aggregation: Aggregation, parts: list[_Part]) -> MeterUsage:
-    """Combine the parts of one meter, given in recording order."""
-    total = combine([p.aggregate for p in parts])
-    quantity = total.value(aggregation)
-    sent = sent_value(aggregation, parts)
-    return MeterUsage(quantity, sent, EXACT.subtract(quantity, sent), total.events, aggregation)
+def _value_sent(aggregation: Aggregation, row: Any) -> Decimal:
+    if row.sent_value is not None:
+        return Decimal(row.sent_value)
+    agg = Aggregate(row.total, row.events, row.max_value, row.last_value, row.last_at)
+    return agg.value(aggregation)
 
 
 def read_usage(
@@ -118,39 +126,115 @@ def read_usage(
     end: datetime,
 ) -> dict[str, MeterUsage]:
     """Per meter, the usage of the account in ``[start, end)``."""
-    meters = list(meters)
     by_id = {m.id: m for m in meters}
-    rows = conn.execute(
-        sa.select(
-            _REPORTS.c.id,
-            _REPORTS.c.meter_id,
-            _REPORTS.c.status,
-            _REPORTS.c.window_start,
-            _REPORTS.c.window_end,
-            _REPORTS.c.total,
-            _REPORTS.c.events,
-            _REPORTS.c.max_value,
-            _REPORTS.c.last_value,
-            _REPORTS.c.last_at,
-            _REPORTS.c.sent_value,
-        )
-        .where(_REPORTS.c.account_id == account_id)
-        .where(_REPORTS.c.meter_id.in_(list(by_id)))
-        .where(_REPORTS.c.window_end > start)
-        .where(_REPORTS.c.window_start < end)
-        .order_by(_REPORTS.c.id)
-    ).all()
+    parts = {meter_id: _Parts() for meter_id in by_id}
+    if conn.dialect.name == "postgresql":
+        _add_covered_postgres(conn, parts, by_id, account_id, start, end)
+        rows = _reports(conn, account_id, list(by_id), start, end, straddling_only=True)
+    else:
+        rows = _reports(conn, account_id, list(by_id), start, end, straddling_only=False)
     straddling = [r.id for r in rows if r.window_start < start or r.window_end > end]
     opened = _events_inside(conn, straddling, start, end) if straddling else {}
-    parts: dict[int, list[_Part]] = {m.id: [] for m in meters}
     for r in rows:
-        if r.id in opened or r.id in straddling:
-            agg, sent_val = opened.get(r.id, Aggregate()), None
+        aggregation = by_id[r.meter_id].aggregation
+        if r.id in straddling:
+            agg = opened.get(r.id, Aggregate())
+            sent = agg.value(aggregation)
         else:
             agg = Aggregate(r.total, r.events, r.max_value, r.last_value, r.last_at)
-            sent_val = r.sent_value
-        parts[r.meter_id].append(_Part(agg, r.status in SENT, sent_val))
-    return {m.name: meter_usage(m.aggregation, parts[m.id]) for m in meters}
+            sent = _value_sent(aggregation, r)
+        parts[r.meter_id].aggregates.append((r.id, agg))
+        if r.status in SENT and agg.events:
+            parts[r.meter_id].sent.append(_Sent(r.id, sent, agg.last_at))
+    return {m.name: parts[m.id].usage(m.aggregation) for m in by_id.values()}
+
+
+def _reports(
+    conn: sa.Connection,
+    account_id: int,
+    meter_ids: list[int],
+    start: datetime,
+    end: datetime,
+    *,
+    straddling_only: bool,
+) -> list[Any]:
+    query = (
+        sa.select(
+            *(
+                _REPORTS.c[c]
+                for c in (
+                    "id",
+                    "meter_id",
+                    "status",
+                    "window_start",
+                    "window_end",
+                    "total",
+                    "events",
+                    "max_value",
+                    "last_value",
+                    "last_at",
+                    "sent_value",
+                )
+            )
+        )
+        .where(_REPORTS.c.account_id == account_id)
+        .where(_REPORTS.c.meter_id.in_(meter_ids))
+        .where(_REPORTS.c.window_end > start)
+        .where(_REPORTS.c.window_start < end)
+    )
+    if straddling_only:
+        query = query.where(sa.or_(_REPORTS.c.window_start < start, _REPORTS.c.window_end > end))
+    return list(conn.execute(query).all())
+
+
+def _add_covered_postgres(
+    conn: sa.Connection,
+    parts: dict[int, _Parts],
+    meters: dict[int, MeterInfo],
+    account_id: int,
+    start: datetime,
+    end: datetime,
+) -> None:
+    """Let PostgreSQL aggregate the reports that lie inside the period (exact NUMERIC
+    sums), so a billing period's hundreds of reports cost one short result row a meter."""
+    rows = conn.execute(
+        _COVERED_SQL,
+        {"account_id": account_id, "meter_ids": list(meters), "start": start, "end": end},
+    ).all()
+    for r in rows:
+        aggregation = meters[r.meter_id].aggregation
+        agg = Aggregate(r.total, int(r.events), r.max_value, r.last_value, r.last_at)
+        parts[r.meter_id].aggregates.append((r.last_id, agg))
+        if r.sent_last_id is not None:
+            value = {"sum": r.sent_sum, "count": r.sent_sum, "max": r.sent_max}.get(
+                aggregation, r.sent_last
+            )
+            parts[r.meter_id].sent.append(_Sent(r.sent_last_id, Decimal(value), r.sent_last_at))
+
+
+_COVERED_SQL = sa.text("""
+SELECT r.meter_id,
+    sum(r.total) AS total, sum(r.events) AS events, max(r.max_value) AS max_value,
+    (array_agg(r.last_value ORDER BY r.last_at DESC, r.id DESC))[1] AS last_value,
+    max(r.last_at) AS last_at,
+    (array_agg(r.id ORDER BY r.last_at DESC, r.id DESC))[1] AS last_id,
+    sum(v.sent) FILTER (WHERE r.status = 'sent') AS sent_sum,
+    max(v.sent) FILTER (WHERE r.status = 'sent') AS sent_max,
+    (array_agg(v.sent ORDER BY r.last_at DESC, r.id DESC)
+        FILTER (WHERE r.status = 'sent'))[1] AS sent_last,
+    max(r.last_at) FILTER (WHERE r.status = 'sent') AS sent_last_at,
+    (array_agg(r.id ORDER BY r.last_at DESC, r.id DESC)
+        FILTER (WHERE r.status = 'sent'))[1] AS sent_last_id
+FROM usage_report r
+JOIN meter m ON m.id = r.meter_id
+CROSS JOIN LATERAL (SELECT COALESCE(r.sent_value, CASE m.aggregation
+    WHEN 'sum' THEN r.total WHEN 'count' THEN r.events::numeric
+    WHEN 'max' THEN r.max_value ELSE r.last_value END) AS sent) AS v
+WHERE r.account_id = :account_id AND r.meter_id = ANY(:meter_ids)
+    AND r.window_end > :start AND r.window_end <= :end AND r.window_start >= :start
+    AND r.events > 0
+GROUP BY r.meter_id
+""").columns(last_at=UtcDateTime(), sent_last_at=UtcDateTime())
 
 
 def _events_inside(
