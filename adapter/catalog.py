@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from adapter.models import Account, AuditLog, Meter, table, utcnow
 from config import defaults
 
 _ACCOUNTS, _METERS, _AUDIT = table(Account), table(Meter), table(AuditLog)
+#: How long a process trusts its list of all meters.
+CACHE_SECONDS = 2.0
 #: Fraction rounding rules applied at period close.
 ROUNDINGS = ("down", "up", "nearest")
 
@@ -131,11 +134,15 @@ class Accounts:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(_ACCOUNTS).where(_ACCOUNTS.c.name == name)).first()
         if row is None:
-            raise UnknownAccount(
-                f"unknown account {name!r}; create it with accounts.upsert "
-                "or `metersync accounts add`"
-            )
+            raise self.unknown(name)
         return _account(row)
+
+    @staticmethod
+    def unknown(name: str) -> UnknownAccount:
+        """The error for an account that does not exist."""
+        return UnknownAccount(
+            f"unknown account {name!r}; create it with accounts.upsert or `metersync accounts add`"
+        )
 
     def list(self) -> list[AccountInfo]:
         """Every account, by name."""
@@ -162,6 +169,7 @@ class Meters:
     def __init__(self, engine: sa.Engine, *, default_meter: str = defaults.DEFAULT_METER) -> None:
         self._engine = engine
         self._by_name: dict[str, MeterInfo] = {}
+        self._all: tuple[float, list[MeterInfo]] | None = None
         self._lock = threading.Lock()
         self.default = default_meter
 
@@ -223,6 +231,7 @@ class Meters:
             row = conn.execute(sa.select(_METERS).where(_METERS.c.name == name)).one()
         with self._lock:
             self._by_name.pop(name, None)
+            self._all = None
         return _meter(row)
 
     @staticmethod
@@ -238,6 +247,16 @@ class Meters:
                 f"meter {row.name!r} already holds usage aggregated by {row.aggregation!r}; "
                 f"create a new meter for {new!r} instead of changing it"
             )
+
+    def all(self, conn: sa.Connection) -> list[MeterInfo]:
+        """Every meter, by name, cached for :data:`CACHE_SECONDS` (a meter made by
+        another process shows up within that time; one made here, at once)."""
+        cached = self._all
+        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        meters = [_meter(r) for r in conn.execute(sa.select(_METERS).order_by(_METERS.c.name))]
+        self._all = (time.monotonic(), meters)
+        return meters
 
     def list(self) -> list[MeterInfo]:
         """Every meter, by name."""

@@ -88,17 +88,19 @@ class Metersync:
         """Per meter, the usage of ``account`` over ``[period_start, period_end)``; with no
         dates, over the account's current billing period (the calendar month until the
         mirror knows one)."""
-        info = self.accounts.get(account)
         with self.engine.connect() as conn:
+            account_id = self.accounts.ids(conn, [account]).get(account)
+            if account_id is None:
+                raise self.accounts.unknown(account)
             if meter is None:
-                meters = self.meters.list()
+                meters = self.meters.all(conn)
             else:
                 found = self.meters.resolve(conn, [meter])
                 if meter not in found:
                     raise self.meters.unknown(meter, conn)
                 meters = [found[meter]]
-            start, end, source = self._period(conn, info.id, period_start, period_end)
-            per_meter = read_usage(conn, account_id=info.id, meters=meters, start=start, end=end)
+            start, end, source = self._period(conn, account_id, period_start, period_end)
+            per_meter = read_usage(conn, account_id=account_id, meters=meters, start=start, end=end)
         return Usage(account, start, end, per_meter, source)
 
     def _period(

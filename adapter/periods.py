@@ -57,16 +57,12 @@ class Periods:
         return found
 
     def current(self, conn: sa.Connection, account_id: int) -> Period | None:
-        """The period containing now, if known."""
+        """The period containing now, if known (from the same cache as :meth:`of`)."""
         now = utcnow()
-        row = conn.execute(
-            sa.select(_PERIODS.c.period_start, _PERIODS.c.period_end)
-            .where(_PERIODS.c.account_id == account_id)
-            .where(_PERIODS.c.period_start <= now, _PERIODS.c.period_end > now)
-            .order_by(_PERIODS.c.period_start.desc())
-            .limit(1)
-        ).first()
-        return None if row is None else (row.period_start, row.period_end)
+        for start, end in reversed(self.of(conn, [account_id])[account_id]):
+            if start <= now < end:
+                return start, end
+        return None
 
     def set(self, account_id: int, start: object, end: object, *, source: str) -> Period:
         """Store a period; refuse one that overlaps another known period of the account."""

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from adapter.aggregation import EXACT, ZERO, Aggregate, Aggregation, combine
 from adapter.catalog import MeterInfo
-from adapter.models import UsageEvent, UsageReport, UtcDateTime, table
+from adapter.models import UsageEvent, UsageReport, table
+from adapter.usage_sql import PERIOD_SQL
 
 _EVENTS, _REPORTS = table(UsageEvent), table(UsageReport)
 #: Report statuses whose value Stripe has received.
@@ -129,15 +130,14 @@ def read_usage(
     by_id = {m.id: m for m in meters}
     parts = {meter_id: _Parts() for meter_id in by_id}
     if conn.dialect.name == "postgresql":
-        _add_covered_postgres(conn, parts, by_id, account_id, start, end)
-        rows = _reports(conn, account_id, list(by_id), start, end, straddling_only=True)
+        rows = _read_postgres(conn, parts, by_id, account_id, start, end)
     else:
-        rows = _reports(conn, account_id, list(by_id), start, end, straddling_only=False)
-    straddling = [r.id for r in rows if r.window_start < start or r.window_end > end]
+        rows = _reports(conn, account_id, list(by_id), start, end)
+    straddling = [r.id for r in rows if r.straddling]
     opened = _events_inside(conn, straddling, start, end) if straddling else {}
     for r in rows:
         aggregation = by_id[r.meter_id].aggregation
-        if r.id in straddling:
+        if r.straddling:
             agg = opened.get(r.id, Aggregate())
             sent = agg.value(aggregation)
         else:
@@ -150,91 +150,73 @@ def read_usage(
 
 
 def _reports(
-    conn: sa.Connection,
-    account_id: int,
-    meter_ids: list[int],
-    start: datetime,
-    end: datetime,
-    *,
-    straddling_only: bool,
+    conn: sa.Connection, account_id: int, meter_ids: list[int], start: datetime, end: datetime
 ) -> list[Any]:
+    """Every report overlapping the period, flagged when it straddles an edge."""
+    columns = (
+        "id",
+        "meter_id",
+        "status",
+        "total",
+        "events",
+        "max_value",
+        "last_value",
+        "last_at",
+        "sent_value",
+    )
     query = (
         sa.select(
-            *(
-                _REPORTS.c[c]
-                for c in (
-                    "id",
-                    "meter_id",
-                    "status",
-                    "window_start",
-                    "window_end",
-                    "total",
-                    "events",
-                    "max_value",
-                    "last_value",
-                    "last_at",
-                    "sent_value",
-                )
-            )
+            *(_REPORTS.c[c] for c in columns),
+            sa.or_(_REPORTS.c.window_start < start, _REPORTS.c.window_end > end).label(
+                "straddling"
+            ),
         )
         .where(_REPORTS.c.account_id == account_id)
         .where(_REPORTS.c.meter_id.in_(meter_ids))
         .where(_REPORTS.c.window_end > start)
         .where(_REPORTS.c.window_start < end)
     )
-    if straddling_only:
-        query = query.where(sa.or_(_REPORTS.c.window_start < start, _REPORTS.c.window_end > end))
     return list(conn.execute(query).all())
 
 
-def _add_covered_postgres(
+def _read_postgres(
     conn: sa.Connection,
     parts: dict[int, _Parts],
     meters: dict[int, MeterInfo],
     account_id: int,
     start: datetime,
     end: datetime,
-) -> None:
-    """Let PostgreSQL aggregate the reports that lie inside the period (exact NUMERIC
-    sums), so a billing period's hundreds of reports cost one short result row a meter."""
+) -> list[Any]:
+    """Add the server's per-meter aggregate of covered reports to ``parts``; return the
+    straddling reports (see :mod:`adapter.usage_sql`)."""
+    ids = {
+        kind: [m.id for m in meters.values() if m.aggregation == kind]
+        for kind in ("count", "max", "last")
+    }
     rows = conn.execute(
-        _COVERED_SQL,
-        {"account_id": account_id, "meter_ids": list(meters), "start": start, "end": end},
+        PERIOD_SQL,
+        {
+            "account_id": account_id,
+            "meter_ids": list(meters),
+            "start": start,
+            "end": end,
+            "count_ids": ids["count"],
+            "max_ids": ids["max"],
+            "last_ids": ids["last"],
+        },
     ).all()
     for r in rows:
+        if r.straddling:
+            continue
         aggregation = meters[r.meter_id].aggregation
         agg = Aggregate(r.total, int(r.events), r.max_value, r.last_value, r.last_at)
         parts[r.meter_id].aggregates.append((r.last_id, agg))
-        if r.sent_last_id is not None:
+        if r.sent_reports:
             value = {"sum": r.sent_sum, "count": r.sent_sum, "max": r.sent_max}.get(
                 aggregation, r.sent_last
             )
             parts[r.meter_id].sent.append(_Sent(r.sent_last_id, Decimal(value), r.sent_last_at))
-
-
-_COVERED_SQL = sa.text("""
-SELECT r.meter_id,
-    sum(r.total) AS total, sum(r.events) AS events, max(r.max_value) AS max_value,
-    (array_agg(r.last_value ORDER BY r.last_at DESC, r.id DESC))[1] AS last_value,
-    max(r.last_at) AS last_at,
-    (array_agg(r.id ORDER BY r.last_at DESC, r.id DESC))[1] AS last_id,
-    sum(v.sent) FILTER (WHERE r.status = 'sent') AS sent_sum,
-    max(v.sent) FILTER (WHERE r.status = 'sent') AS sent_max,
-    (array_agg(v.sent ORDER BY r.last_at DESC, r.id DESC)
-        FILTER (WHERE r.status = 'sent'))[1] AS sent_last,
-    max(r.last_at) FILTER (WHERE r.status = 'sent') AS sent_last_at,
-    (array_agg(r.id ORDER BY r.last_at DESC, r.id DESC)
-        FILTER (WHERE r.status = 'sent'))[1] AS sent_last_id
-FROM usage_report r
-JOIN meter m ON m.id = r.meter_id
-CROSS JOIN LATERAL (SELECT COALESCE(r.sent_value, CASE m.aggregation
-    WHEN 'sum' THEN r.total WHEN 'count' THEN r.events::numeric
-    WHEN 'max' THEN r.max_value ELSE r.last_value END) AS sent) AS v
-WHERE r.account_id = :account_id AND r.meter_id = ANY(:meter_ids)
-    AND r.window_end > :start AND r.window_end <= :end AND r.window_start >= :start
-    AND r.events > 0
-GROUP BY r.meter_id
-""").columns(last_at=UtcDateTime(), sent_last_at=UtcDateTime())
+    return [r for r in rows if r.straddling]
 
 
 def _events_inside(
