@@ -41,6 +41,7 @@ import os
 import random
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
@@ -76,7 +77,14 @@ USAGE_DAYS = 30
 USAGE_TARGET_EVENTS = 1_000_000
 METER = "api_calls"
 INCREMENT_ACCOUNT = "acct_increment"
+#: Threads for the one-process throughput of single increments (request threads).
+THREADS = 8
+#: Threads for the one-process throughput of batches: two overlap Python with the server.
+BATCH_THREADS = 2
 BATCH_ACCOUNTS = tuple(f"acct_batch_{i}" for i in range(4))
+#: Accounts of the threaded runs: one per increment thread, a group of four per batch thread.
+THREAD_ACCOUNTS = tuple(f"acct_thread_{i}" for i in range(8))
+GROUP_ACCOUNTS = tuple(tuple(f"acct_group_{g}_{i}" for i in range(4)) for g in range(4))
 USAGE_ACCOUNT = "acct_1m"
 
 
@@ -105,7 +113,8 @@ class IngestBench:
         raw = RawPostgres if postgres else RawSqlite
         self.raw: RawPostgres | RawSqlite = raw(url, counter=(INCREMENT_ACCOUNT, METER))
         self.meter_id = self.ms.meters.upsert(METER, aggregation="sum").id
-        names = (INCREMENT_ACCOUNT, *BATCH_ACCOUNTS, USAGE_ACCOUNT)
+        names = (INCREMENT_ACCOUNT, *BATCH_ACCOUNTS, USAGE_ACCOUNT, *THREAD_ACCOUNTS)
+        names += tuple(a for group in GROUP_ACCOUNTS for a in group)
         self.account_ids = {name: self.ms.accounts.upsert(name).id for name in names}
         self._random = random.Random(20_26)
 
@@ -127,18 +136,51 @@ class IngestBench:
                 raise RuntimeError(f"increment with fresh key {key} came back a duplicate")
         return calls / (perf_counter() - started), latencies
 
-    def batches(self, events: int) -> list[list[dict[str, Any]]]:
-        """``events`` fresh items over four accounts and the last hour, in batches."""
+    def increments_threaded(self, calls: int, threads: int) -> float:
+        """Events/s of ``calls`` single increments spread over ``threads`` threads of this
+        process, each thread recording for its own account, as a web server's request
+        threads serving many customers would. Threads on one account would queue behind
+        its open report's row lock, like the Gravity counter's single row."""
+        per_thread = calls // threads
+
+        def work(account: str) -> None:
+            for _ in range(per_thread):
+                key = f"req-{uuid.uuid4()}"
+                if self.ms.increment(account, 1, meter=METER, idempotency_key=key).duplicate:
+                    raise RuntimeError(f"increment with fresh key {key} came back a duplicate")
+
+        started = perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            for future in [pool.submit(work, a) for a in THREAD_ACCOUNTS[:threads]]:
+                future.result()
+        return per_thread * threads / (perf_counter() - started)
+
+    def record_many_threaded(self, batches: list[list[dict[str, Any]]], threads: int) -> float:
+        """Events/s of recording the batches from ``threads`` threads of this process."""
+        started = perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(self.ms.record_many, batches))
+        elapsed = perf_counter() - started
+        for batch, result in zip(batches, results, strict=True):
+            _check_accepted(batch, result)
+        return sum(map(len, batches)) / elapsed
+
+    def batches(self, events: int, *, groups: int = 1) -> list[list[dict[str, Any]]]:
+        """``events`` fresh items over four accounts and the last hour, in batches. With
+        ``groups`` > 1, consecutive batches use disjoint groups of four accounts, so that
+        batches recorded at the same time do not queue on the same open reports."""
         now, rnd = _now(), self._random
         items = [
             {
-                "account": rnd.choice(BATCH_ACCOUNTS),
+                "account": rnd.choice(
+                    BATCH_ACCOUNTS if groups == 1 else GROUP_ACCOUNTS[(n // BATCH) % groups]
+                ),
                 "meter": METER,
                 "quantity": rnd.randint(1, 100),
                 "idempotency_key": f"req-{uuid.uuid4()}",
                 "timestamp": now - timedelta(seconds=rnd.uniform(0, 3600)),
             }
-            for _ in range(events)
+            for n in range(events)
         ]
         return [items[i : i + BATCH] for i in range(0, events, BATCH)]
 
@@ -224,11 +266,23 @@ def _check_accepted(batch: list[dict[str, Any]], result: BatchResult) -> None:
 
 def _ingest_figures() -> dict[str, Figure]:
     return {
-        "inc_rate": Figure("increment, 1 process", "events/s", target=Target(">=", 2000, "")),
+        "inc_rate": Figure("increment, 1 process, 1 thread", "events/s"),
+        "inc_threads": Figure(
+            f"increment, 1 process, {THREADS} threads, 1 account each",
+            "events/s",
+            target=Target(">=", 2000, ""),
+        ),
         "inc_p50": Figure("increment latency p50", "ms", target=Target("<=", 1, "ms")),
         "inc_p99": Figure("increment latency p99", "ms"),
         "rm_rate": Figure(
-            f"record_many, batches of {BATCH:,}", "events/s", target=Target(">=", 50_000, "")
+            f"record_many, batches of {BATCH:,}, 1 thread",
+            "events/s",
+            target=Target(">=", 50_000, ""),
+        ),
+        "rm_threads": Figure(
+            f"record_many, batches of {BATCH:,}, {BATCH_THREADS} threads, own accounts",
+            "events/s",
+            target=Target(">=", 50_000, ""),
         ),
         "grav_rate": Figure("baseline: Gravity counter (UPDATE+commit)", "events/s"),
         "grav_p50": Figure("baseline: Gravity counter latency p50", "ms"),
@@ -249,11 +303,17 @@ def measure_ingest(bench: IngestBench, plan: Plan) -> list[Figure]:
     for run in range(1, plan.repeat + 1):
         progress(f"run {run}/{plan.repeat}: increment, Gravity counter, record_many, ceiling")
         inc_rate, inc_latencies = bench.increments(plan.calls)
+        inc_threads = bench.increments_threaded(plan.calls, THREADS)
         grav_rate, grav_latencies = bench.raw.gravity(plan.calls)
         rm_rate, written = bench.record_many(bench.batches(plan.events))
+        rm_threads = bench.record_many_threaded(
+            bench.batches(plan.events, groups=BATCH_THREADS), BATCH_THREADS
+        )
         ceiling = sum(map(len, written)) / bench.raw.ceiling(written)
         for name, value in (
             ("inc_rate", inc_rate),
+            ("inc_threads", inc_threads),
+            ("rm_threads", rm_threads),
             ("inc_p50", 1000 * percentile(inc_latencies, 50)),
             ("inc_p99", 1000 * percentile(inc_latencies, 99)),
             ("rm_rate", rm_rate),
