@@ -81,7 +81,7 @@ def _lock_reports(conn: sa.Connection, items: list[Item]) -> dict[int, _Report]:
             },
         )
     else:
-        rows = [tuple(r) for r in conn.execute(_sqlite_upsert(ordered)).all()]
+        rows = [tuple(r) for r in conn.execute(_SQLITE_UPSERT, _sqlite_values(ordered)).all()]
     reports = {
         r[0]: _Report(r[0], (r[1], r[2], r[3].astimezone(UTC)), Aggregate(*r[4:9])) for r in rows
     }
@@ -92,9 +92,9 @@ def _lock_reports(conn: sa.Connection, items: list[Item]) -> dict[int, _Report]:
     return reports
 
 
-def _sqlite_upsert(ordered: list[tuple[tuple[int, int, datetime], Window]]) -> Any:
+def _sqlite_values(ordered: list[tuple[tuple[int, int, datetime], Window]]) -> list[dict[str, Any]]:
     created = utcnow()
-    values = [
+    return [
         {
             "account_id": account_id,
             "meter_id": meter_id,
@@ -110,7 +110,12 @@ def _sqlite_upsert(ordered: list[tuple[tuple[int, int, datetime], Window]]) -> A
         }
         for (account_id, meter_id, _), w in ordered
     ]
-    insert = sqlite.insert(_REPORTS).values(values)
+
+
+def _sqlite_upsert_statement() -> Any:
+    """One statement for any number of reports (executemany), so SQLAlchemy compiles it
+    once; a VALUES list sized to the batch would be compiled again on every call."""
+    insert = sqlite.insert(_REPORTS)
     return insert.on_conflict_do_update(
         index_elements=["account_id", "meter_id", "window_start"],
         index_where=sa.text("status = 'open'"),
@@ -128,6 +133,9 @@ def _sqlite_upsert(ordered: list[tuple[tuple[int, int, datetime], Window]]) -> A
             for c in ("id", "account_id", "meter_id", "window_start", *_AGGREGATE_COLUMNS)
         )
     )
+
+
+_SQLITE_UPSERT = _sqlite_upsert_statement()
 
 
 def _insert_events_postgres(conn: sa.Connection, items: list[Item], *, now: datetime) -> None:
