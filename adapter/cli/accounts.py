@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from adapter.catalog import AccountInfo
-from adapter.cli.context import connected, console, print_json
+from adapter.cli.context import connected, console, print_listing
 
 app = typer.Typer(help="Create, update and list accounts.", no_args_is_help=True)
 
@@ -109,10 +108,9 @@ def list_accounts(
     """List every account, by name."""
     with connected(ctx) as ms:
         found = ms.accounts.list()
-    if as_json:
-        rows: list[dict[str, Any]] = [dataclasses.asdict(info) for info in found]
-        print_json(rows)
-    elif not found:
-        console.print("no accounts yet; add one with `metersync accounts add NAME`")
-    else:
-        console.print(_table(found))
+    print_listing(
+        found,
+        as_json=as_json,
+        table=_table,
+        empty="no accounts yet; add one with `metersync accounts add NAME`",
+    )

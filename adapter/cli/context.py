@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -55,3 +56,15 @@ def connected(ctx: typer.Context) -> Iterator[Metersync]:
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON on stdout, with no styling or wrapping."""
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def print_listing(
+    found: Sequence[Any], *, as_json: bool, empty: str, table: Callable[[Any], Any]
+) -> None:
+    """Print a list command's result: JSON, a hint when there is nothing, or a table."""
+    if as_json:
+        print_json([dataclasses.asdict(info) for info in found])
+    elif not found:
+        console.print(empty)
+    else:
+        console.print(table(found))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from adapter.catalog import MeterInfo
-from adapter.cli.context import connected, console, print_json
+from adapter.cli.context import connected, console, print_listing
 
 app = typer.Typer(help="Create, update and list meters.", no_args_is_help=True)
 
@@ -114,10 +113,9 @@ def list_meters(
     """List every meter, by name."""
     with connected(ctx) as ms:
         found = ms.meters.list()
-    if as_json:
-        rows: list[dict[str, Any]] = [dataclasses.asdict(info) for info in found]
-        print_json(rows)
-    elif not found:
-        console.print("no meters yet; add one with `metersync meters add NAME`")
-    else:
-        console.print(_table(found))
+    print_listing(
+        found,
+        as_json=as_json,
+        table=_table,
+        empty="no meters yet; add one with `metersync meters add NAME`",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,26 @@ def test_upgrading_twice_is_a_no_op(fresh_url: str, engine: sa.Engine) -> None:
 
 
 @pytest.mark.postgres
+def _run_together(target: Callable[..., None], url: str, *, processes: int) -> list[Any]:
+    """Start ``processes`` copies of ``target`` released together by a barrier; return
+    what each put on the result queue."""
+    barrier = _SPAWN.Barrier(processes)
+    results = _SPAWN.Queue()
+    procs = [
+        _SPAWN.Process(target=target, args=(url, barrier, results), daemon=True)
+        for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        return [results.get(timeout=90) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+
+
 @pytest.mark.parametrize("round_", range(3))
 def test_two_processes_upgrading_at_once_both_succeed(
     postgres_server: Postgres, round_: int
@@ -124,21 +144,7 @@ def test_two_processes_upgrading_at_once_both_succeed(
     """Two processes upgrading the same empty database together both end at head."""
     url = postgres_server.create_database()
     try:
-        barrier = _SPAWN.Barrier(2)
-        results = _SPAWN.Queue()
-        procs = [
-            _SPAWN.Process(target=_upgrade_worker, args=(url, barrier, results), daemon=True)
-            for _ in range(2)
-        ]
-        for p in procs:
-            p.start()
-        try:
-            answers = [results.get(timeout=90) for _ in procs]
-        finally:
-            for p in procs:
-                p.join(timeout=30)
-                if p.is_alive():
-                    p.terminate()
+        answers = _run_together(_upgrade_worker, url, processes=2)
         engine = db.make_engine(url)
         try:
             head = db.head_revision(engine)
@@ -190,21 +196,7 @@ def _connect_worker(url: str, barrier: Any, results: Any) -> None:
 def test_processes_connecting_to_a_new_sqlite_file_at_once(tmp_path: Path, round_: int) -> None:
     """Three processes opening the same new SQLite file together all migrate it safely."""
     url = f"sqlite:///{tmp_path}/race.db"
-    barrier = _SPAWN.Barrier(3)
-    results = _SPAWN.Queue()
-    procs = [
-        _SPAWN.Process(target=_connect_worker, args=(url, barrier, results), daemon=True)
-        for _ in range(3)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        answers = [results.get(timeout=90) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
+    answers = _run_together(_connect_worker, url, processes=3)
     engine = db.make_engine(url)
     try:
         head = db.head_revision(engine)
