@@ -146,7 +146,7 @@ def _insert_events_postgres(conn: sa.Connection, items: list[Item], *, now: date
         "a": [i.account_id for i in ordered],
         "m": [i.meter_id for i in ordered],
         "r": [i.report_id for i in ordered],
-        "q": [i.quantity for i in ordered],
+        "q": [str(i.quantity) for i in ordered],
         "t": [i.occurred_at for i in ordered],
         "k": [i.key for i in ordered],
         "d": [None if i.dimensions is None else json.dumps(i.dimensions) for i in ordered],

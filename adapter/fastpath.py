@@ -145,13 +145,15 @@ def params(
 
 #: PostgreSQL: a whole batch of events in one small statement. Arrays travel as single
 #: parameters, so the statement stays short and is prepared once, unlike a multi-row
-#: VALUES list; ``%b`` sends them in binary, with no per-element quoting. Rows are
+#: VALUES list; ``%b`` sends them in binary, with no per-element quoting. Quantities go
+#: as text (exact; the server parses it) because psycopg's numeric array dumper is slow
+#: in Python. Rows are
 #: inserted in ``ord`` order, so their ids ascend in batch order.
 INSERT_EVENTS_PSYCOPG = """
 INSERT INTO usage_event (account_id, meter_id, report_id, quantity, occurred_at,
     received_at, idempotency_key, dimensions)
-SELECT a, m, r, q, t, %(now)s, k, CAST(d AS json)
-FROM unnest(%(a)b::int[], %(m)b::int[], %(r)b::bigint[], %(q)b::numeric[],
+SELECT a, m, r, CAST(q AS numeric), t, %(now)s, k, CAST(d AS json)
+FROM unnest(%(a)b::int[], %(m)b::int[], %(r)b::bigint[], %(q)b::text[],
     %(t)b::timestamptz[], %(k)b::varchar[], %(d)b::text[])
     WITH ORDINALITY AS u(a, m, r, q, t, k, d, ord)
 ORDER BY ord
