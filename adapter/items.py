@@ -89,8 +89,8 @@ def parse_item(index: int, raw: object, *, now: datetime, default_meter: str) ->
     """Validate one item's fields (names are resolved later), raising InvalidUsage."""
     if not isinstance(raw, Mapping):
         raise InvalidUsage(f"item must be a mapping, got {type(raw).__name__}")
-    unknown = [k for k in raw if k not in ITEM_FIELDS]
-    if unknown:
+    if not ITEM_FIELDS.issuperset(raw):
+        unknown = [k for k in raw if k not in ITEM_FIELDS]
         raise InvalidUsage(
             f"unknown field(s) {', '.join(sorted(map(repr, unknown)))}; "
             f"expected {', '.join(sorted(ITEM_FIELDS))}"

@@ -23,7 +23,7 @@ from adapter.items import BatchResult, Item, Receipt, Rejected, parse_item
 from adapter.models import utcnow
 from adapter.periods import Periods
 from adapter.schedule_store import ScheduleStore
-from adapter.windows import window_for
+from adapter.windows import Window, window_for
 
 __all__ = ["BatchResult", "Receipt", "Recorder", "Rejected"]
 
@@ -124,12 +124,21 @@ class Recorder:
             item.account_id, item.meter_id = accounts[item.account], meters[item.meter].id
             items.append(item)
         if items:
-            schedule = self._schedule.current(conn)
-            periods = self._periods.of(conn, {i.account_id for i in items})
-            for item in items:
-                known = periods.get(item.account_id, ())
-                item.window = window_for(item.occurred_at, schedule, known)
+            self._assign_windows(conn, items)
         return items
+
+    def _assign_windows(self, conn: sa.Connection, items: list[Item]) -> None:
+        """Give each item its report window. Windows partition time, so an event inside
+        a window already found for its account in this batch has that window."""
+        schedule = self._schedule.current(conn)
+        periods = self._periods.of(conn, {i.account_id for i in items})
+        latest: dict[int, Window] = {}
+        for item in items:
+            window = latest.get(item.account_id)
+            if window is None or not window.start <= item.occurred_at < window.end:
+                known = periods.get(item.account_id, ())
+                window = latest[item.account_id] = window_for(item.occurred_at, schedule, known)
+            item.window = window
 
     @staticmethod
     def _write_one(conn: sa.Connection, item: Item, *, now: datetime) -> None:
