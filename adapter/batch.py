@@ -140,7 +140,9 @@ _SQLITE_UPSERT = _sqlite_upsert_statement()
 
 def _insert_events_postgres(conn: sa.Connection, items: list[Item], *, now: datetime) -> None:
     """Insert all events in one array statement (see :data:`fastpath.INSERT_EVENTS_PSYCOPG`)."""
-    ordered = sorted(items, key=lambda i: (i.account_id, i.key or ""))  # lock order
+    # Batch order, so event ids (and with them 'last' ties) follow the caller's order.
+    # Concurrent batches already met at the report locks, taken in key order.
+    ordered = items
     params = {
         "now": now,
         "a": [i.account_id for i in ordered],
@@ -158,7 +160,7 @@ def _insert_events_postgres(conn: sa.Connection, items: list[Item], *, now: date
 def _insert_events(conn: sa.Connection, items: list[Item], *, now: datetime) -> None:
     """Portable insert (SQLite): keyless rows plainly, keyed rows skipping conflicts."""
     keyless = [i for i in items if i.key is None]
-    keyed = sorted((i for i in items if i.key is not None), key=lambda i: (i.account_id, i.key))
+    keyed = [i for i in items if i.key is not None]  # batch order; SQLite has one writer
     rows: list[Any] = []
     if keyless:
         stmt = sa.insert(_EVENTS).returning(

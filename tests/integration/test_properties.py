@@ -317,12 +317,6 @@ def _hour(ago: int) -> datetime:
     return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=ago)
 
 
-@pytest.mark.xfail(
-    reason="KNOWN GAP: keyed events of one batch get ids in key order (lock order), and "
-    "'last' ties between equal times go to the higher id, so the later item of the batch "
-    "does not always win; reports and queries now agree with each other",
-    strict=True,
-)
 def test_last_tie_inside_one_batch_is_the_same_for_any_period(ms: Metersync) -> None:
     """Two equal-time events of one batch give the same 'last' value whether the query
     follows the report window or cuts through it: the later item in the batch."""
