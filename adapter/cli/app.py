@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from adapter.cli import accounts, db, demo, meters, usage
+from adapter.cli import accounts, db, demo, meters, schedule, usage
 from adapter.cli.context import CliState
 from adapter.cli.errors import MetersyncGroup
 from config.logging import configure_logging
@@ -30,6 +30,7 @@ app = typer.Typer(
 app.add_typer(accounts.app, name="accounts")
 app.add_typer(meters.app, name="meters")
 app.add_typer(db.app, name="db")
+app.add_typer(schedule.app, name="schedule")
 app.command("usage")(usage.usage)
 app.command("demo")(demo.demo)
 

@@ -1,8 +1,9 @@
 """Turn the errors a user can cause into one red ``error: …`` line and an exit code.
 
-Bad input (:class:`~adapter.errors.InvalidUsage`, invalid settings) exits with 2, like a
-usage error; any other :class:`~adapter.errors.MetersyncError` or an unreachable
-database exits with 1. Anything else is a bug and keeps its traceback.
+Bad input (:class:`~adapter.errors.InvalidUsage`, a bad schedule or other
+:class:`~adapter.errors.ConfigurationError`, invalid settings) exits with 2, like a usage
+error; any other :class:`~adapter.errors.MetersyncError` or an unreachable database exits
+with 1. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from adapter.cli.context import err_console
-from adapter.errors import InvalidUsage, MetersyncError
+from adapter.errors import ConfigurationError, InvalidUsage, MetersyncError
 
 #: Exit code for bad input: the same code click uses for a bad option.
 EXIT_BAD_INPUT = 2
@@ -51,7 +52,7 @@ class MetersyncGroup(TyperGroup):
         """Run the command, mapping expected errors to a message and an exit code."""
         try:
             return super().invoke(ctx)
-        except InvalidUsage as exc:
+        except (InvalidUsage, ConfigurationError) as exc:
             raise fail(str(exc), code=EXIT_BAD_INPUT) from None
         except MetersyncError as exc:
             raise fail(str(exc)) from None
