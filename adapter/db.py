@@ -72,7 +72,10 @@ def transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
 def _alembic_config(engine: sa.Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("adapter") / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # ConfigParser interpolates '%': escape it, or URL-encoded passwords and socket paths
+    # (%2F) break migrations.
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    cfg.set_main_option("sqlalchemy.url", url)
     cfg.attributes["engine"] = engine
     return cfg
 

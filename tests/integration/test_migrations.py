@@ -204,3 +204,13 @@ def test_processes_connecting_to_a_new_sqlite_file_at_once(tmp_path: Path, round
         assert _tables(engine) == TABLES | {"alembic_version"}
     finally:
         engine.dispose()
+
+
+def test_a_database_url_with_a_percent_sign_migrates(tmp_path: Path) -> None:
+    """A '%' in the URL (URL-encoded passwords, socket paths) does not break migrations."""
+    (tmp_path / "a%b").mkdir()  # written %25 in the URL, as URL encoding requires
+    ms = adapter.connect(Settings(database_url=f"sqlite:///{tmp_path}/a%25b/metersync.db"))
+    try:
+        assert db.current_revision(ms.engine) == db.head_revision(ms.engine)
+    finally:
+        ms.close()
