@@ -11,15 +11,19 @@ import sqlalchemy as sa
 
 from adapter import db, validation
 from adapter.catalog import Accounts, Meters
-from adapter.errors import InvalidPeriod, MetersyncError
-from adapter.models import utcnow
+from adapter.errors import InvalidPeriod, InvalidUsage, MetersyncError
+from adapter.gateway import Gateway
+from adapter.models import UsageReport, table, utcnow
 from adapter.periods import Periods
+from adapter.pushing import Pusher, PushResult, close_reports, pushable_ids
 from adapter.queries import Usage, read_usage
 from adapter.recorder import BatchResult, Receipt, Recorder
+from adapter.report_list import ReportInfo, list_reports
 from adapter.schedule_store import ScheduleStore
 from config.settings import Settings
 
 DateLike = str | date | datetime
+_REPORTS = table(UsageReport)
 
 
 class Metersync:
@@ -45,6 +49,7 @@ class Metersync:
             self.periods,
             autocommit=self._autocommit,
         )
+        self._gateway: Gateway | None = None
 
     def increment(
         self,
@@ -121,6 +126,41 @@ class Metersync:
         """Record a billing period of ``account`` (the webhook mirror does this from Stripe
         subscription items); new report windows are cut at its boundaries."""
         self.periods.set(self.accounts.get(account).id, period_start, period_end, source=source)
+
+    def report_now(self) -> list[PushResult]:
+        """Operator flush: close every open report, then push every closed one, now and
+        synchronously (a dry run without a Stripe key). Returns one result per report."""
+        now = utcnow()
+        close_reports(self.engine, now=now, due_only=False)
+        pusher = self._pusher()
+        return [pusher.push(report_id, now=now) for report_id in pushable_ids(self.engine)]
+
+    def retry(self, report_id: int) -> PushResult:
+        """Push a ``failed`` (or stuck ``sending``) report again, with the same identifier
+        if it was decided already, so a send that did reach Stripe is not billed twice."""
+        with self.engine.begin() as conn:
+            status = conn.execute(
+                sa.select(_REPORTS.c.status).where(_REPORTS.c.id == report_id)
+            ).scalar_one_or_none()
+            if status is None:
+                raise InvalidUsage(f"no report {report_id}; list them with `metersync reports`")
+            if status not in ("failed", "sending"):
+                raise InvalidUsage(
+                    f"report {report_id} is {status}; only failed or sending reports are retried"
+                )
+            conn.execute(
+                _REPORTS.update().where(_REPORTS.c.id == report_id).values(status="closed")
+            )
+        return self._pusher().push(report_id)
+
+    def reports(self, *, status: str | None = None, limit: int = 100) -> list[ReportInfo]:
+        """The newest reports, optionally of one status."""
+        return list_reports(self.engine, status=status, limit=limit)
+
+    def _pusher(self) -> Pusher:
+        if self._gateway is None and self.settings.stripe_api_key is not None:
+            self._gateway = Gateway.from_settings(self.settings)
+        return Pusher(self.engine, gateway=self._gateway)
 
     def close(self) -> None:
         """Release database connections."""

@@ -205,6 +205,15 @@ class AuditLog(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON())
 
 
+class Installation(SQLModel, table=True):
+    """This installation's identity: its namespace goes into every meter event identifier,
+    so two databases never send the same identifier to one Stripe account."""
+
+    id: int = Field(default=1, primary_key=True)
+    namespace: str = Field(max_length=64)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
 def table(model: type[SQLModel]) -> sa.Table:
     """The Core table behind a model, for set-based statements."""
     return cast(sa.Table, model.__table__)  # type: ignore[attr-defined]

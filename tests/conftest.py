@@ -64,6 +64,7 @@ def postgres_url(postgres_server: Postgres) -> Iterator[str]:
 
 
 _TABLES = "usage_event, usage_report, billing_period, audit_log, schedule, meter, account"
+# installation is kept: its namespace is made once, by the migration.
 
 
 def _empty(url: str) -> None:

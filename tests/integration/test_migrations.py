@@ -20,6 +20,7 @@ from tests.servers import Postgres
 _SPAWN = multiprocessing.get_context("spawn")
 #: Tables the first migration creates (besides alembic_version).
 TABLES = {
+    "installation",
     "account",
     "meter",
     "billing_period",

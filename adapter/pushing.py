@@ -1,0 +1,322 @@
+"""Closing open reports and pushing closed ones to Stripe, or recording them as a dry run.
+
+A push has two steps. First, in a transaction that holds the report's row lock and
+(PostgreSQL) a lock on its (account, meter), the decision is made and stored: the
+identifier, the whole value (fractions carried within the billing period) and the
+timestamp. Then Stripe is called outside any transaction. A retry of any kind resends
+the stored decision unchanged, so Stripe's duplicate-identifier rejection proves an
+ambiguous earlier send was delivered, and nothing is billed twice.
+
+Statuses: ``open → closed → sending → sent``, or ``dry_run`` (no API key), ``skipped_free``
+(free account), ``failed`` (Stripe refused it; ``last_error`` says why), ``expired``
+(too old for Stripe). A transient failure leaves the report ``sending`` with the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from adapter import reporting
+from adapter.gateway import Gateway
+from adapter.gateway_errors import PermanentError, TransientError
+from adapter.models import Account, Installation, Meter, UsageReport, table, utcnow
+
+_REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)
+_INSTALLATION = table(Installation)
+#: Statuses a push acts on.
+PUSHABLE = ("closed", "sending")
+log = structlog.get_logger("metersync.push")
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What pushing one report did."""
+
+    report_id: int
+    account: str
+    meter: str
+    event_name: str
+    status: str
+    value: int | None = None
+    timestamp: datetime | None = None
+    identifier: str | None = None
+    duplicate: bool = False
+    error: str | None = None
+
+
+def close_reports(engine: sa.Engine, *, now: datetime, due_only: bool = True) -> int:
+    """Close open reports (only those whose window has ended, when ``due_only``). An
+    increment racing this waits on the report's row lock and, once the close commits,
+    opens a new report: it is counted in exactly one of them."""
+    stmt = _REPORTS.update().where(_REPORTS.c.status == "open")
+    if due_only:
+        stmt = stmt.where(_REPORTS.c.window_end <= now)
+    with engine.begin() as conn:
+        return conn.execute(stmt.values(status="closed", closed_at=now)).rowcount
+
+
+def pushable_ids(engine: sa.Engine) -> list[int]:
+    """Closed and in-flight reports, in the order they must be pushed: window order per
+    (account, meter), so fractions carry forward and maxima only grow."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(_REPORTS.c.id)
+                .where(_REPORTS.c.status.in_(PUSHABLE))
+                .order_by(
+                    _REPORTS.c.account_id,
+                    _REPORTS.c.meter_id,
+                    _REPORTS.c.window_start,
+                    _REPORTS.c.id,
+                )
+            ).scalars()
+        )
+
+
+class Pusher:
+    """Pushes one report at a time; ``gateway=None`` is the dry run."""
+
+    def __init__(self, engine: sa.Engine, *, gateway: Gateway | None) -> None:
+        self._engine = engine
+        self._gateway = gateway
+        self._namespace: str | None = None
+
+    def push(self, report_id: int, *, now: datetime | None = None) -> PushResult:
+        """Decide (once) and send one report; return what happened."""
+        now = now or utcnow()
+        with self._engine.begin() as conn:
+            row = _load(conn, report_id)
+            if row.status not in PUSHABLE:
+                return _result(row, row.status, error=f"report is {row.status}; nothing to do")
+            outcome = self._prepare(conn, row, now)
+            if outcome is not None:
+                return outcome
+            row = _load(conn, report_id)
+        return self._send(row, now)
+
+    def _prepare(self, conn: sa.Connection, row: Any, now: datetime) -> PushResult | None:
+        """Settle everything that needs no Stripe call; store the decision."""
+        if row.free:
+            return _finish(conn, row, "skipped_free", now=now)
+        if row.identifier is None:
+            try:
+                decided = self._decide(conn, row, now)
+            except ValueError as exc:
+                return _finish(conn, row, "failed", now=now, error=str(exc))
+            if decided is None:
+                error = "too old for Stripe (35 days); it can no longer be billed"
+                log.error("report.expired", report_id=row.id, account=row.account)
+                return _finish(conn, row, "expired", now=now, error=error)
+            conn.execute(_REPORTS.update().where(_REPORTS.c.id == row.id).values(**decided))
+        conn.execute(
+            _REPORTS.update()
+            .where(_REPORTS.c.id == row.id)
+            .values(status="sending", attempts=_REPORTS.c.attempts + 1)
+        )
+        row = _load(conn, row.id)
+        if self._gateway is None:
+            return _finish(conn, row, "dry_run", now=now)
+        if not row.stripe_customer_id:
+            error = (
+                f"account {row.account!r} has no Stripe customer; link it with "
+                f"accounts.upsert(..., stripe_customer_id=...) and retry report {row.id}"
+            )
+            return _finish(conn, row, "failed", now=now, error=error)
+        if row.sent_value == 0 and reporting.stripe_formula(row.aggregation) == "sum":
+            return _finish(conn, row, "sent", now=now)  # adding 0 to a sum needs no call
+        return None
+
+    def _decide(self, conn: sa.Connection, row: Any, now: datetime) -> dict[str, Any] | None:
+        """The decision for a report, from the period's earlier decisions; None when no
+        timestamp Stripe accepts exists any more."""
+        if conn.dialect.name == "postgresql":  # one decision at a time per (account, meter)
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:a, :m)"),
+                {"a": row.account_id, "m": row.meter_id},
+            )
+        history = _history(conn, row)
+        closes = row.period_end is not None and (
+            row.window_end >= row.period_end or row.period_end <= now
+        )
+        decision = reporting.value_to_send(
+            aggregation=row.aggregation,
+            report_value=_value(row, row.aggregation),
+            carried_in=reporting.carry_from_history(
+                [_value(h, row.aggregation) for h in history], [h.sent_value for h in history]
+            )
+            if row.aggregation in ("sum", "count")
+            else Decimal(0),
+            previous_sent_in_period=max((h.sent_value for h in history), default=None)
+            if row.aggregation == "max"
+            else None,
+            closes_period=closes,
+            rounding=row.rounding,
+        )
+        at = reporting.send_timestamp(
+            window_start=row.window_start,
+            window_end=row.window_end,
+            period_start=row.period_start,
+            period_end=row.period_end,
+            now=now,
+        )
+        if at is None:
+            return None
+        if row.aggregation == "max":  # a Stripe 'last' meter keeps the newest timestamp
+            at = _after_previous(at, history, row, now)
+        return {
+            "identifier": reporting.identifier(
+                namespace=self._installation(conn),
+                account_id=row.account_id,
+                meter_id=row.meter_id,
+                report_id=row.id,
+                window_start=row.window_start,
+            ),
+            "sent_value": Decimal(decision.value),
+            "sent_timestamp": at,
+        }
+
+    def _send(self, row: Any, now: datetime) -> PushResult:
+        assert self._gateway is not None
+        try:
+            delivery = self._gateway.send_meter_event(
+                event_name=row.event_name,
+                stripe_customer_id=row.stripe_customer_id,
+                value=int(row.sent_value),
+                timestamp=row.sent_timestamp,
+                identifier=row.identifier,
+            )
+        except PermanentError as exc:
+            log.error("report.failed", report_id=row.id, error=str(exc), request_id=exc.request_id)
+            with self._engine.begin() as conn:
+                return _finish(
+                    conn, row, "failed", now=now, error=str(exc), request_id=exc.request_id
+                )
+        except TransientError as exc:
+            log.warning("report.retry_later", report_id=row.id, error=str(exc))
+            with self._engine.begin() as conn:
+                conn.execute(
+                    _REPORTS.update().where(_REPORTS.c.id == row.id).values(last_error=str(exc))
+                )
+            return _result(row, "sending", error=str(exc))
+        log.info(
+            "report.pushed",
+            report_id=row.id,
+            value=int(row.sent_value),
+            duplicate=delivery.duplicate,
+        )
+        with self._engine.begin() as conn:
+            _finish(conn, row, "sent", now=now, request_id=delivery.request_id)
+        return _result(row, "sent", duplicate=delivery.duplicate)
+
+    def _installation(self, conn: sa.Connection) -> str:
+        if self._namespace is None:
+            self._namespace = str(conn.execute(sa.select(_INSTALLATION.c.namespace)).scalar_one())
+        return self._namespace
+
+
+def _load(conn: sa.Connection, report_id: int) -> Any:
+    query = (
+        sa.select(
+            _REPORTS,
+            _ACCOUNTS.c.name.label("account"),
+            _ACCOUNTS.c.free,
+            _ACCOUNTS.c.stripe_customer_id,
+            _METERS.c.name.label("meter"),
+            _METERS.c.event_name,
+            _METERS.c.aggregation,
+            _METERS.c.rounding,
+        )
+        .join(_ACCOUNTS, _ACCOUNTS.c.id == _REPORTS.c.account_id)
+        .join(_METERS, _METERS.c.id == _REPORTS.c.meter_id)
+        .where(_REPORTS.c.id == report_id)
+        .with_for_update(of=_REPORTS)
+    )
+    return conn.execute(query).one()
+
+
+def _history(conn: sa.Connection, row: Any) -> list[Any]:
+    """Earlier decisions of the same (account, meter, billing period), in window order."""
+    period = (
+        _REPORTS.c.period_start.is_(None)
+        if row.period_start is None
+        else _REPORTS.c.period_start == row.period_start
+    )
+    return list(
+        conn.execute(
+            sa.select(
+                _REPORTS.c.total,
+                _REPORTS.c.events,
+                _REPORTS.c.max_value,
+                _REPORTS.c.last_value,
+                _REPORTS.c.sent_value,
+                _REPORTS.c.sent_timestamp,
+            )
+            .where(_REPORTS.c.account_id == row.account_id, _REPORTS.c.meter_id == row.meter_id)
+            .where(period, _REPORTS.c.id != row.id, _REPORTS.c.identifier.is_not(None))
+            .order_by(_REPORTS.c.window_start, _REPORTS.c.id)
+        ).all()
+    )
+
+
+def _value(report: Any, aggregation: str) -> Decimal:
+    """A report's aggregate by the meter's rule."""
+    value = {
+        "sum": report.total,
+        "count": Decimal(report.events),
+        "max": report.max_value,
+        "last": report.last_value,
+    }[aggregation]
+    return Decimal(0) if value is None else Decimal(value)
+
+
+def _after_previous(at: datetime, history: list[Any], row: Any, now: datetime) -> datetime:
+    """For a max meter, a late report's timestamp moves just after the newest one sent in
+    the period (when the period and the clock allow), so Stripe's ``last`` keeps it."""
+    latest = max((h.sent_timestamp for h in history if h.sent_timestamp), default=None)
+    if latest is None or at > latest:
+        return at
+    moved = latest + timedelta(seconds=1)
+    inside = row.period_end is None or moved < row.period_end
+    return moved if inside and moved <= now else at
+
+
+def _finish(
+    conn: sa.Connection,
+    row: Any,
+    status: str,
+    *,
+    now: datetime,
+    error: str | None = None,
+    request_id: str | None = None,
+) -> PushResult:
+    values: dict[str, Any] = {"status": status, "last_error": error}
+    if status in ("sent", "dry_run"):
+        values["sent_at"] = now
+    if request_id:
+        values["stripe_request_id"] = request_id
+    conn.execute(_REPORTS.update().where(_REPORTS.c.id == row.id).values(**values))
+    return _result(row, status, error=error)
+
+
+def _result(
+    row: Any, status: str, *, error: str | None = None, duplicate: bool = False
+) -> PushResult:
+    value = None if row.sent_value is None else int(row.sent_value)
+    return PushResult(
+        report_id=row.id,
+        account=row.account,
+        meter=row.meter,
+        event_name=row.event_name,
+        status=status,
+        value=value,
+        timestamp=row.sent_timestamp,
+        identifier=row.identifier,
+        duplicate=duplicate,
+        error=error,
+    )
