@@ -169,10 +169,16 @@ class Metersync:
             self._autocommit.dispose()
 
 
-def connect(settings: Settings | None = None, *, database_url: str | None = None) -> Metersync:
+def connect(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    gateway: Gateway | None = None,
+) -> Metersync:
     """Wire metersync from settings (the environment by default). SQLite databases are
     created and migrated on first use; PostgreSQL ones must be at the current migration
-    (``metersync db upgrade``) unless ``METERSYNC_AUTO_MIGRATE`` is set."""
+    (``metersync db upgrade``) unless ``METERSYNC_AUTO_MIGRATE`` is set. ``gateway``
+    replaces the Stripe gateway built from settings (tests, proxies, custom retries)."""
     if settings is None:
         settings = Settings()
     if database_url is not None:
@@ -190,5 +196,6 @@ def connect(settings: Settings | None = None, *, database_url: str | None = None
         where = engine.url.render_as_string(hide_password=True)
         raise MetersyncError(f"cannot reach the database at {where}: {exc.orig}") from None
     ms = Metersync(settings, engine)
+    ms._gateway = gateway
     ms.schedule.seed()
     return ms
