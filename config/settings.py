@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     #: Apply pending migrations on connect. SQLite always does; PostgreSQL only when set.
     auto_migrate: bool = False
+    #: Meter event calls per second, shared by every worker (unset: 25 in test mode,
+    #: 1,000 in live mode, Stripe's limits).
+    stripe_rate_limit: int | None = Field(default=None, gt=0)
 
     @field_validator("stripe_api_key", "stripe_webhook_secret", "ops_token", mode="before")
     @classmethod
@@ -73,6 +76,13 @@ class Settings(BaseSettings):
             return self.stripe_mode
         key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
         return "live" if key.startswith(("sk_live_", "rk_live_")) else "test"
+
+    @property
+    def effective_rate_limit(self) -> int:
+        """Meter event calls per second across all workers."""
+        if self.stripe_rate_limit is not None:
+            return self.stripe_rate_limit
+        return 1000 if self.effective_stripe_mode == "live" else 25
 
     @property
     def dry_run(self) -> bool:

