@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from adapter.cli import accounts, db, demo, meters, schedule, usage
+from adapter.cli import accounts, db, demo, meters, schedule, service, usage
 from adapter.cli.context import CliState
 from adapter.cli.errors import MetersyncGroup
 from config.logging import configure_logging
@@ -33,6 +33,9 @@ app.add_typer(db.app, name="db")
 app.add_typer(schedule.app, name="schedule")
 app.command("usage")(usage.usage)
 app.command("demo")(demo.demo)
+app.command("worker")(service.worker)
+app.command("scheduler")(service.scheduler)
+app.command("run")(service.run)
 
 
 def _version() -> str:
