@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from adapter.cli import accounts, db, demo, meters, schedule, service, usage
+from adapter.cli import accounts, db, demo, meters, reports, schedule, service, usage
 from adapter.cli.context import CliState
 from adapter.cli.errors import MetersyncGroup
 from config.logging import configure_logging
@@ -32,6 +32,9 @@ app.add_typer(meters.app, name="meters")
 app.add_typer(db.app, name="db")
 app.add_typer(schedule.app, name="schedule")
 app.command("usage")(usage.usage)
+app.add_typer(reports.report_app, name="report")
+app.command("reports")(reports.list_reports)
+app.command("retry")(reports.retry)
 app.command("demo")(demo.demo)
 app.command("worker")(service.worker)
 app.command("scheduler")(service.scheduler)
@@ -77,6 +80,7 @@ def root(
     ctx: typer.Context, database_url: DatabaseUrl = None, show_version: Version = False
 ) -> None:
     """Record usage locally and report it to Stripe's usage-based billing."""
+    _quiet_logging()  # here, not only in main(): in-process runs must keep stdout clean
     ctx.obj = CliState(database_url=database_url)
 
 
@@ -86,9 +90,16 @@ def _log_level() -> str:
     return level if isinstance(logging.getLevelName(level), int) else "INFO"
 
 
-def main() -> None:
-    """Entry point of the ``metersync`` console script."""
+def _quiet_logging() -> None:
+    """Structured logs on stderr, never stdout (``--json`` output must stay parseable)."""
     configure_logging(_log_level())
     # Alembic reports every connection at INFO; `db upgrade` prints what changed itself.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # stripe-python logs every request at INFO; our own lines say what was sent.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Entry point of the ``metersync`` console script."""
+    _quiet_logging()
     app(prog_name="metersync")

@@ -1,17 +1,21 @@
-"""``metersync meters add|list``."""
+"""``metersync meters add|list|check``."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from adapter import meter_check
 from adapter.catalog import MeterInfo
-from adapter.cli.context import connected, console, print_listing
+from adapter.cli.context import connected, console, print_json, print_listing
+from adapter.cli.errors import fail
 
-app = typer.Typer(help="Create, update and list meters.", no_args_is_help=True)
+app = typer.Typer(
+    help="Create, update and list meters, and check them against Stripe.", no_args_is_help=True
+)
 
 
 class AggregationChoice(StrEnum):
@@ -119,3 +123,79 @@ def list_meters(
         table=_table,
         empty="no meters yet; add one with `metersync meters add NAME`",
     )
+
+
+CheckJson = Annotated[
+    bool, typer.Option("--json", help="Print the check as JSON instead of a table.")
+]
+
+
+def _check_rows(result: meter_check.CheckResult) -> list[dict[str, Any]]:
+    """One row per local meter: the Stripe meter it reaches and what is wrong, if anything."""
+    problems = {problem.meter: problem for problem in result.problems}
+    rows = []
+    for info in result.meters:
+        found = meter_check.stripe_meter_for(info, result.remote)
+        problem = problems.get(info.name)
+        rows.append(
+            {
+                "meter": info.name,
+                "event_name": info.event_name,
+                "aggregation": info.aggregation,
+                "stripe_meter_id": found.id if found else None,
+                "formula": found.formula if found else None,
+                "stripe_status": found.status if found else None,
+                "ok": problem is None,
+                "problem": problem.problem if problem else None,
+                "fix": problem.fix if problem else None,
+            }
+        )
+    return rows
+
+
+def _check_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Meters against Stripe")
+    table.add_column("meter", style="bold")
+    table.add_column("event name")
+    table.add_column("stripe meter")
+    table.add_column("formula (local → Stripe)")
+    table.add_column("status")
+    table.add_column("fix")
+    for r in rows:
+        table.add_row(
+            r["meter"],
+            r["event_name"],
+            r["stripe_meter_id"] or "-",
+            f"{r['aggregation']} → {r['formula'] or '-'}",
+            "OK" if r["ok"] else r["problem"],
+            r["fix"] or "-",
+        )
+    return table
+
+
+@app.command("check")
+def check(ctx: typer.Context, as_json: CheckJson = False) -> None:
+    """Check every meter against the meters on the Stripe account.
+
+    Each meter needs an active Stripe meter with its event name, the formula its
+    reports need (sum and count: 'sum'; max and last: 'last') and the payload keys
+    stripe_customer_id and value. Exits 1 when any meter cannot work, 2 without a
+    Stripe API key.
+    """
+    with connected(ctx) as ms:
+        result = meter_check.check(ms)
+    rows = _check_rows(result)
+    if as_json:
+        print_json({"ok": result.passed, "meters": rows})
+    elif not rows:
+        console.print("no meters yet; add one with `metersync meters add NAME`")
+    else:
+        console.print(_check_table(rows))
+    if not result.passed:
+        count = len(result.problems)
+        raise fail(
+            f"{count} of {len(rows)} meter{'s' if len(rows) != 1 else ''} cannot report to "
+            "Stripe: their events would be refused or miscounted; apply the fixes shown"
+        )
+    if not as_json and rows:
+        console.print(f"all {len(rows)} meter{'s' if len(rows) != 1 else ''} can report to Stripe")
