@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
+from adapter.aggregation import Aggregate
 from adapter.errors import InvalidUsage
 from adapter.models import Account, Meter, UsageReport, table
 
@@ -28,6 +30,9 @@ class ReportInfo:
     window_end: datetime
     events: int
     total: Decimal
+    #: The report's value by its meter's rule (sum, count, max or latest value).
+    value: Decimal
+    aggregation: str
     sent_value: Decimal | None
     attempts: int
     last_error: str | None
@@ -47,6 +52,10 @@ def list_reports(engine: sa.Engine, *, status: str | None, limit: int) -> list[R
             _REPORTS.c.window_end,
             _REPORTS.c.events,
             _REPORTS.c.total,
+            _REPORTS.c.max_value,
+            _REPORTS.c.last_value,
+            _REPORTS.c.last_at,
+            _METERS.c.aggregation,
             _REPORTS.c.sent_value,
             _REPORTS.c.attempts,
             _REPORTS.c.last_error,
@@ -59,4 +68,23 @@ def list_reports(engine: sa.Engine, *, status: str | None, limit: int) -> list[R
     if status is not None:
         query = query.where(_REPORTS.c.status == status)
     with engine.connect() as conn:
-        return [ReportInfo(**row._mapping) for row in conn.execute(query)]
+        return [_info(row) for row in conn.execute(query)]
+
+
+def _info(row: Any) -> ReportInfo:
+    aggregate = Aggregate(row.total, row.events, row.max_value, row.last_value, row.last_at)
+    return ReportInfo(
+        id=row.id,
+        account=row.account,
+        meter=row.meter,
+        status=row.status,
+        window_start=row.window_start,
+        window_end=row.window_end,
+        events=row.events,
+        total=row.total,
+        value=aggregate.value(row.aggregation),
+        aggregation=row.aggregation,
+        sent_value=row.sent_value,
+        attempts=row.attempts,
+        last_error=row.last_error,
+    )

@@ -236,7 +236,7 @@ def reports_table(found: Sequence[ReportInfo]) -> Table:
     table.add_column("meter", overflow="fold")
     table.add_column("status", no_wrap=True)
     table.add_column("window (UTC)")
-    for numeric in ("events", "total", "sent value", "attempts"):
+    for numeric in ("events", "value", "sent value", "attempts"):
         table.add_column(numeric, justify="right", overflow="fold")
     table.add_column("last error", overflow="fold")
     for info in found:
@@ -247,7 +247,7 @@ def reports_table(found: Sequence[ReportInfo]) -> Table:
             status_text(info.status),
             show_window(info),
             str(info.events),
-            show_decimal(info.total),
+            show_decimal(info.value),
             "-" if info.sent_value is None else show_decimal(info.sent_value),
             str(info.attempts),
             Text(info.last_error or "-"),

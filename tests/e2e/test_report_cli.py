@@ -188,8 +188,9 @@ def test_report_now_json_matches_reports(recorded: str) -> None:
 
 
 def test_reports_status_filter_table(recorded: str) -> None:
-    """reports --status lists only that status, newest first, with window, events, total,
-    sent value, attempts and last error."""
+    """reports --status lists only that status, newest first, with window, events, the
+    value by the meter's rule (a max meter shows its maximum, not its sum), sent value,
+    attempts and last error."""
     assert [r["id"] for r in json.loads(cli(recorded, "reports", "--status", "open",
                                             "--json").stdout)] == [3, 2, 1]  # fmt: skip
     assert cli(recorded, "report", "now").exit_code == 0
@@ -200,7 +201,7 @@ def test_reports_status_filter_table(recorded: str) -> None:
         "1", "acct_1", "api_calls", "dry_run", window, "2", "15", "15", "1", "-",
     ]  # fmt: skip
     assert row(result.stdout, "2")[:8] == [
-        "2", "acct_1", "peak", "dry_run", window, "2", "10", "7",
+        "2", "acct_1", "peak", "dry_run", window, "2", "7", "7",
     ]  # fmt: skip
     assert "free_acct" not in result.stdout
     assert cli(recorded, "reports", "--status", "open").stdout.strip() == (
