@@ -21,18 +21,10 @@ from adapter.catalog import ROUNDINGS
 from adapter.cli import app
 from adapter.cli.meters import AggregationChoice, RoundingChoice
 from config.settings import Settings
+from tests.e2e.helpers import row
 from tests.servers import Postgres
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No METERSYNC_* settings, .env file or terminal colours leak in from outside."""
-    for name in list(os.environ):
-        if name.startswith("METERSYNC_") or name in {"STRIPE_API_KEY", "FORCE_COLOR"}:
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
@@ -44,15 +36,6 @@ def url(tmp_path: Path) -> str:
 def cli(url: str, *args: str) -> Result:
     """Run ``metersync --database-url URL ARGS…`` in-process."""
     return runner.invoke(app, ["--database-url", url, *args])
-
-
-def row(output: str, first_cell: str) -> list[str]:
-    """The cells of the Rich table row whose first cell is ``first_cell``."""
-    for line in output.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
 
 
 def assert_clean_error(result: Result, code: int, message: str) -> None:

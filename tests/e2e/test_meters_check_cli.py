@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,11 @@ from typer.testing import CliRunner, Result
 import adapter
 from adapter.cli import app
 from config.settings import Settings
+from tests.e2e.helpers import row
 
 runner = CliRunner()
 METERS_URL = "https://api.stripe.com/v1/billing/meters"
 KEY = "sk_test_metersync_meters_check"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No METERSYNC_* settings, .env file or terminal colours leak in from outside."""
-    for name in list(os.environ):
-        if name.startswith("METERSYNC_") or name in {"STRIPE_API_KEY", "FORCE_COLOR"}:
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
@@ -99,15 +90,6 @@ def check(url: str, *args: str, key: str | None = KEY) -> Result:
     if key is not None:
         env["METERSYNC_STRIPE_API_KEY"] = key
     return runner.invoke(app, ["--database-url", url, "meters", "check", *args], env=env)
-
-
-def row(output: str, first_cell: str) -> list[str]:
-    """The cells of the Rich table row whose first cell is ``first_cell``."""
-    for line in output.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
 
 
 def test_all_meters_ok(url: str, stripe_api: responses.RequestsMock) -> None:

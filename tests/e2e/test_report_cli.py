@@ -4,7 +4,6 @@ SQLite files, with Stripe's meter events API intercepted by ``responses``."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from adapter.cli import app
 from adapter.cli.reports import ReportStatus
 from adapter.report_list import STATUSES
 from config.settings import Settings
+from tests.e2e.helpers import row
 
 runner = CliRunner()
 EVENTS_URL = "https://api.stripe.com/v1/billing/meter_events"
@@ -31,15 +31,6 @@ TEST_KEY = {"METERSYNC_STRIPE_API_KEY": "sk_test_metersync_report_cli"}
 NOW = datetime(2026, 3, 4, 10, 7, 30, tzinfo=UTC)
 #: Where the reports of that window are sent: the latest second not after NOW.
 SENT_AT = "2026-03-04T10:07:30"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No METERSYNC_* settings, .env file, terminal width or colours leak in from outside."""
-    for name in list(os.environ):
-        if name.startswith("METERSYNC_") or name in {"STRIPE_API_KEY", "FORCE_COLOR", "COLUMNS"}:
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -94,15 +85,6 @@ def recorded(url: str) -> str:
     ms.increment("acct_1", 7, meter="peak")
     ms.close()
     return url
-
-
-def row(output: str, first_cell: str) -> list[str]:
-    """The cells of the Rich table row whose first cell is ``first_cell``."""
-    for line in output.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
 
 
 def error_line(result: Result) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +25,8 @@ NOW = datetime(2026, 3, 4, 10, 7, 30, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No METERSYNC_* settings or .env leak in; the OS user is ``alice``."""
-    for name in list(os.environ):
-        if name.startswith("METERSYNC_") or name in {"STRIPE_API_KEY", "FORCE_COLOR"}:
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def os_user_alice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS user is ``alice`` (the audit log's actor is ``cli:alice``)."""
     monkeypatch.setattr(getpass, "getuser", lambda: "alice")
 
 
