@@ -226,7 +226,7 @@ class Gateway:
             )
         client = stripe.StripeClient(
             settings.stripe_api_key.get_secret_value(),
-            http_client=stripe.RequestsClient(),
+            http_client=stripe.RequestsClient(timeout=settings.stripe_timeout),
             base_addresses={
                 "api": settings.stripe_api_base,
                 "meter_events": settings.stripe_meter_events_base,

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     #: Meter event calls per second, shared by every worker (unset: 25 in test mode,
     #: 1,000 in live mode, Stripe's limits).
     stripe_rate_limit: int | None = Field(default=None, gt=0)
+    #: Seconds one Stripe request may take. With the gateway's 4 attempts and backoff a
+    #: push stays well inside the 5-minute (customer, meter) lock of the worker.
+    stripe_timeout: float = Field(default=20.0, gt=0, le=60)
 
     @field_validator("stripe_api_key", "stripe_webhook_secret", "ops_token", mode="before")
     @classmethod

@@ -25,7 +25,9 @@ _REPORTS = table(UsageReport)
 #: How long a push waits for its (customer, meter) turn or a rate-limit slot before it
 #: hands the message back to Dramatiq to retry later.
 WAIT_SECONDS = 10.0
-#: How long a (customer, meter) slot outlives a worker that died holding it.
+#: How long a (customer, meter) slot outlives a worker that died holding it. It must
+#: exceed the longest push: 4 attempts of at most ``METERSYNC_STRIPE_TIMEOUT`` (≤ 60 s)
+#: plus backoff, so a slow call can never run beside another for the same pair.
 MUTEX_TTL_MS = 300_000
 #: Dramatiq's retries of one push (exponential backoff); the scheduler's sweep picks up
 #: anything still unsent after those, for as long as Stripe can accept it.

@@ -13,6 +13,7 @@ import requests
 import responses
 import stripe
 import tenacity
+from pydantic import SecretStr
 
 from adapter.errors import ConfigurationError, MetersyncError
 from adapter.gateway import (
@@ -650,3 +651,12 @@ def test_stream_event_timestamps_are_utc() -> None:
     plus_two = timezone(timedelta(hours=2))
     moment = datetime(2026, 11, 3, 16, 0, 0, 123456, tzinfo=plus_two)
     assert rfc3339(moment) == "2026-11-03T14:00:00.123Z"
+
+
+def test_from_settings_applies_the_configured_request_timeout() -> None:
+    """METERSYNC_STRIPE_TIMEOUT bounds every Stripe request (stripe-python's default is 80 s)."""
+    settings = Settings(stripe_api_key=SecretStr("sk_test_timeout"), stripe_timeout=3.5)
+    gateway = Gateway.from_settings(settings)
+    http = gateway._client._requestor._client  # type: ignore[attr-defined]
+    assert isinstance(http, stripe.RequestsClient)
+    assert http._timeout == 3.5
