@@ -184,13 +184,7 @@ class RawPostgres:
     def gravity(self, calls: int) -> tuple[float, list[float]]:
         """Updates/s and latencies (s) of ``calls`` counter updates, each committed."""
         sql = "UPDATE bench_gravity SET quantity = quantity + %s WHERE account = %s AND meter = %s"
-        latencies = []
-        begun = perf_counter()
-        for _ in range(calls):
-            started = perf_counter()
-            self.conn.execute(sql, (1, *self.counter))
-            latencies.append(perf_counter() - started)
-        return calls / (perf_counter() - begun), latencies
+        return _timed_updates(self.conn.execute, sql, self.counter, calls)
 
     def prepare(self, rows: Rows) -> Rows:
         """Rows as this driver takes them: psycopg adapts Python values itself."""
@@ -235,13 +229,7 @@ class RawSqlite:
         """Updates/s and latencies (s) of ``calls`` counter updates, each its own
         transaction."""
         sql = "UPDATE bench_gravity SET quantity = quantity + ? WHERE account = ? AND meter = ?"
-        latencies = []
-        begun = perf_counter()
-        for _ in range(calls):
-            started = perf_counter()
-            self.conn.execute(sql, (1, *self.counter))
-            latencies.append(perf_counter() - started)
-        return calls / (perf_counter() - begun), latencies
+        return _timed_updates(self.conn.execute, sql, self.counter, calls)
 
     def prepare(self, rows: Rows) -> Rows:
         """Rows as metersync stores them in SQLite: decimals and UTC times as text."""
@@ -282,3 +270,17 @@ def profile_calls(works: dict[str, Callable[[], object]], *, top: int = 15) -> s
     for prefix in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"], os.getcwd()):
         text = text.replace(prefix + "/", "")
     return text
+
+
+def _timed_updates(
+    execute: Callable[..., Any], sql: str, counter: tuple[str, str], calls: int
+) -> tuple[float, list[float]]:
+    """Updates/s and per-call latencies (s) of ``calls`` Gravity counter updates (the
+    connection commits each one: autocommit on PostgreSQL, isolation_level None on SQLite)."""
+    latencies = []
+    begun = perf_counter()
+    for _ in range(calls):
+        started = perf_counter()
+        execute(sql, (1, *counter))
+        latencies.append(perf_counter() - started)
+    return calls / (perf_counter() - begun), latencies
