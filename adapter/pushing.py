@@ -62,17 +62,20 @@ def close_reports(engine: sa.Engine, *, now: datetime, due_only: bool = True) ->
 
 
 def pushable_ids(engine: sa.Engine) -> list[int]:
-    """Closed and in-flight reports, in the order they must be pushed: window order per
-    (account, meter), so fractions carry forward and maxima only grow."""
+    """Closed and in-flight reports, oldest window first. Each (account, meter) still
+    comes in window order, while neighbours in the list belong to different pairs, so
+    workers do not queue on one pair's lock. (Pushes run concurrently, so this is a
+    preference, not a guarantee; a decision accounts for every earlier decision of its
+    period, so the values sent add up whatever the order.)"""
     with engine.connect() as conn:
         return list(
             conn.execute(
                 sa.select(_REPORTS.c.id)
                 .where(_REPORTS.c.status.in_(PUSHABLE))
                 .order_by(
+                    _REPORTS.c.window_start,
                     _REPORTS.c.account_id,
                     _REPORTS.c.meter_id,
-                    _REPORTS.c.window_start,
                     _REPORTS.c.id,
                 )
             ).scalars()
