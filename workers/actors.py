@@ -19,6 +19,7 @@ from dramatiq.rate_limits import ConcurrentRateLimiter, WindowRateLimiter
 from adapter.client import Metersync
 from adapter.models import UsageReport, table
 from workers.broker import QUEUE, BrokerHandle
+from workers.rate_limit import SlidingWindowLimiter
 
 log = structlog.get_logger("metersync.worker")
 _REPORTS = table(UsageReport)
@@ -45,7 +46,11 @@ class Actors:
 def declare(handle: BrokerHandle, ms: Metersync) -> Actors:
     """Declare the actors on ``handle``'s broker (nothing global is touched)."""
     limit = ms.settings.effective_rate_limit
-    stripe_calls = WindowRateLimiter(handle.backend, "metersync:stripe", limit=limit, window=1)
+    stripe_calls: Any = (
+        SlidingWindowLimiter(handle.client, "metersync:stripe:calls", limit=limit)
+        if handle.client is not None
+        else WindowRateLimiter(handle.backend, "metersync:stripe", limit=limit, window=1)
+    )
 
     def push_report(report_id: int) -> None:
         """Push one closed report to Stripe (or record it as a dry run)."""
