@@ -11,7 +11,7 @@ import decimal
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 Aggregation = Literal["sum", "count", "max", "last"]
 #: The aggregations a local meter may use.
@@ -33,6 +33,13 @@ class Aggregate:
     max_value: Decimal | None = None
     last_value: Decimal | None = None
     last_at: datetime | None = None
+
+    @classmethod
+    def of(cls, report: Any) -> Aggregate:
+        """The aggregate stored in a report row (anything with its five columns)."""
+        return cls(
+            report.total, int(report.events), report.max_value, report.last_value, report.last_at
+        )
 
     def add(self, quantity: Decimal, at: datetime) -> Aggregate:
         """Return this aggregate with one more event; on an equal time the newer one wins."""

@@ -114,7 +114,7 @@ def sent_value(aggregation: Aggregation, sent: list[_Sent]) -> Decimal:
 def _value_sent(aggregation: Aggregation, row: Any) -> Decimal:
     if row.sent_value is not None:
         return Decimal(row.sent_value)
-    agg = Aggregate(row.total, row.events, row.max_value, row.last_value, row.last_at)
+    agg = Aggregate.of(row)
     return agg.value(aggregation)
 
 
@@ -141,7 +141,7 @@ def read_usage(
             agg = opened.get(r.id, Aggregate())
             sent = agg.value(aggregation)
         else:
-            agg = Aggregate(r.total, r.events, r.max_value, r.last_value, r.last_at)
+            agg = Aggregate.of(r)
             sent = _value_sent(aggregation, r)
         parts[r.meter_id].aggregates.append((r.id, agg))
         if r.status in SENT and agg.events:
@@ -209,7 +209,7 @@ def _read_postgres(
         if r.straddling:
             continue
         aggregation = meters[r.meter_id].aggregation
-        agg = Aggregate(r.total, int(r.events), r.max_value, r.last_value, r.last_at)
+        agg = Aggregate.of(r)
         parts[r.meter_id].aggregates.append((r.last_id, agg))
         if r.sent_reports:
             value = {"sum": r.sent_sum, "count": r.sent_sum, "max": r.sent_max}.get(

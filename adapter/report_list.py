@@ -72,7 +72,7 @@ def list_reports(engine: sa.Engine, *, status: str | None, limit: int) -> list[R
 
 
 def _info(row: Any) -> ReportInfo:
-    aggregate = Aggregate(row.total, row.events, row.max_value, row.last_value, row.last_at)
+    aggregate = Aggregate.of(row)
     return ReportInfo(
         id=row.id,
         account=row.account,
