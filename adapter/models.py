@@ -149,6 +149,9 @@ class UsageReport(SQLModel, table=True):
     sent_value: Decimal | None = _qty(default=None, nullable=True)
     sent_timestamp: datetime | None = _when(default=None, nullable=True)
     attempts: int = 0
+    #: When a worker last started a Stripe call for it; the outbox sweep leaves recent
+    #: attempts alone instead of enqueueing a second message for them.
+    attempted_at: datetime | None = _when(default=None, nullable=True)
     last_error: str | None = None
     stripe_request_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = _when(default_factory=utcnow)

@@ -23,8 +23,7 @@ import sqlalchemy as sa
 import structlog
 
 from adapter import reporting
-from adapter.gateway import Gateway
-from adapter.gateway_errors import PermanentError, TransientError
+from adapter.gateway import Gateway, PermanentError, TransientError
 from adapter.models import Account, Installation, Meter, UsageReport, table, utcnow
 
 _REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)

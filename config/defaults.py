@@ -23,3 +23,9 @@ MAX_DECIMAL_PLACES = 30
 MAX_STRIPE_NAME = 100
 #: Longest idempotency key we store.
 MAX_IDEMPOTENCY_KEY = 255
+#: Oldest ``Stripe-Signature`` timestamp accepted, in seconds (Stripe's own default).
+WEBHOOK_TOLERANCE = 300
+#: Largest webhook body accepted; Stripe's events are far smaller.
+WEBHOOK_MAX_BODY = 1024 * 1024
+#: Times a webhook delivery is processed before it is marked ``failed``.
+WEBHOOK_MAX_ATTEMPTS = 5

@@ -40,6 +40,22 @@ class Settings(BaseSettings):
     #: Seconds one Stripe request may take. With the gateway's 4 attempts and backoff a
     #: push stays well inside the 5-minute (customer, meter) lock of the worker.
     stripe_timeout: float = Field(default=20.0, gt=0, le=60)
+    #: How the worker sends meter events: ``v1`` (one call per report, synchronous
+    #: validation) or ``stream`` (Stripe's v2 high-volume stream, up to 100 per call).
+    stripe_transport: Literal["v1", "stream"] = "v1"
+    #: Oldest ``Stripe-Signature`` timestamp accepted, in seconds (Stripe's default: 300).
+    webhook_tolerance: int = Field(default=defaults.WEBHOOK_TOLERANCE, gt=0, le=86_400)
+    #: Where ``metersync serve`` and ``metersync run`` listen for HTTP.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65_535)
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """Every configured webhook signing secret (comma-separated, for rotation)."""
+        if self.stripe_webhook_secret is None:
+            return []
+        raw = self.stripe_webhook_secret.get_secret_value()
+        return [part.strip() for part in raw.split(",") if part.strip()]
 
     @field_validator("stripe_api_key", "stripe_webhook_secret", "ops_token", mode="before")
     @classmethod

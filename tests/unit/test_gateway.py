@@ -20,12 +20,13 @@ from adapter.gateway import (
     Delivery,
     Gateway,
     MeterEventStream,
+    PermanentError,
     StreamEvent,
+    TransientError,
     classify,
     idempotency_key,
     rfc3339,
 )
-from adapter.gateway_errors import PermanentError, TransientError
 from config.settings import Settings
 
 KEY = "sk_test_51FakeKeyForMetersyncTests0000000000"

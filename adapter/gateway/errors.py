@@ -1,7 +1,4 @@
-"""Errors the Stripe gateway raises: retry later, or give up and tell an operator.
-
-They live apart from :mod:`adapter.errors` for now and will move there later.
-"""
+"""Errors the Stripe gateway raises: retry later, or give up and tell an operator."""
 
 from __future__ import annotations
 

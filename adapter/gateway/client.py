@@ -1,0 +1,116 @@
+"""The gateway: sends meter events to Stripe and reads its meters."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import stripe
+import tenacity
+
+from adapter.errors import ConfigurationError
+from adapter.gateway.policy import RetryPolicy, Sleep, classify, idempotency_key
+from adapter.gateway.stream import Clock, MeterEventStream
+from adapter.gateway.types import Delivery, StripeMeter, aware, whole
+
+if TYPE_CHECKING:
+    from stripe.params.billing import MeterEventCreateParams
+
+    from config.settings import Settings
+
+
+class Gateway:
+    """Sends meter events to Stripe and reads its meters, one briefly-retried call at a time."""
+
+    def __init__(
+        self,
+        *,
+        client: stripe.StripeClient,
+        attempts: int = 4,
+        max_wait: float = 8.0,
+        wait: tenacity.wait.WaitBaseT | None = None,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self._client = client
+        self._policy = RetryPolicy(attempts=attempts, max_wait=max_wait, wait=wait, sleep=sleep)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, attempts: int = 4, max_wait: float = 8.0
+    ) -> Gateway:
+        """A gateway on a fresh ``StripeClient`` built from settings; we own the retries."""
+        if settings.stripe_api_key is None:
+            raise ConfigurationError(
+                "no Stripe API key configured: set METERSYNC_STRIPE_API_KEY, "
+                "or leave it unset to run in dry-run mode without a gateway"
+            )
+        client = stripe.StripeClient(
+            settings.stripe_api_key.get_secret_value(),
+            http_client=stripe.RequestsClient(timeout=settings.stripe_timeout),
+            base_addresses={
+                "api": settings.stripe_api_base,
+                "meter_events": settings.stripe_meter_events_base,
+            },
+            max_network_retries=0,
+        )
+        return cls(client=client, attempts=attempts, max_wait=max_wait)
+
+    def __repr__(self) -> str:
+        return f"Gateway(attempts={self._policy.attempts}, max_wait={self._policy.max_wait})"
+
+    def send_meter_event(
+        self,
+        *,
+        event_name: str,
+        stripe_customer_id: str,
+        value: int,
+        timestamp: datetime,
+        identifier: str,
+        customer_key: str = "stripe_customer_id",
+        value_key: str = "value",
+    ) -> Delivery:
+        """Post one v1 meter event; a duplicate-identifier rejection counts as delivered."""
+        params: MeterEventCreateParams = {
+            "event_name": event_name,
+            "payload": {customer_key: stripe_customer_id, value_key: whole(value)},
+            "timestamp": int(aware(timestamp).timestamp()),
+            "identifier": identifier,
+        }
+
+        def attempt() -> Delivery:
+            try:
+                event = self._client.v1.billing.meter_events.create(
+                    params=params, options={"idempotency_key": idempotency_key(identifier)}
+                )
+            except stripe.InvalidRequestError as error:
+                if classify(error) != "delivered":
+                    raise
+                return Delivery(identifier, error.request_id, duplicate=True)
+            response = event.last_response
+            return Delivery(identifier, response.request_id if response else None, False)
+
+        return self._policy.call(attempt)
+
+    def list_meters(self) -> list[StripeMeter]:
+        """Every meter on the account, all pages (a failed page restarts the listing)."""
+
+        def fetch() -> list[StripeMeter]:
+            page = self._client.v1.billing.meters.list(params={"limit": 100})
+            return [
+                StripeMeter(
+                    id=meter.id,
+                    event_name=meter.event_name,
+                    status=meter.status,
+                    formula=meter.default_aggregation.formula,
+                    customer_key=meter.customer_mapping.event_payload_key,
+                    value_key=meter.value_settings.event_payload_key,
+                )
+                for meter in page.auto_paging_iter()
+            ]
+
+        return self._policy.call(fetch)
+
+    def stream(self, *, clock: Clock | None = None) -> MeterEventStream:
+        """A v2 high-volume stream on this gateway's client and retry policy."""
+        return MeterEventStream(self, clock=clock)
