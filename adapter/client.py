@@ -13,6 +13,7 @@ from adapter import db, validation
 from adapter.catalog import Accounts, Meters
 from adapter.errors import InvalidPeriod, InvalidUsage, MetersyncError
 from adapter.gateway import Gateway
+from adapter.gateway.stream import STREAM_CHUNK
 from adapter.models import UsageReport, table, utcnow
 from adapter.periods import Periods
 from adapter.pushing import Pusher, PushResult, close_reports, pushable_ids
@@ -20,6 +21,7 @@ from adapter.queries import Usage, read_usage
 from adapter.recorder import BatchResult, Receipt, Recorder
 from adapter.report_list import ReportInfo, list_reports
 from adapter.schedule_store import ScheduleStore
+from adapter.stream_push import StreamPusher
 from config.settings import Settings
 
 DateLike = str | date | datetime
@@ -132,8 +134,16 @@ class Metersync:
         synchronously (a dry run without a Stripe key). Returns one result per report."""
         now = utcnow()
         close_reports(self.engine, now=now, due_only=False)
+        ids = pushable_ids(self.engine)
+        if self.settings.stripe_transport == "stream":
+            streamer = StreamPusher(self.engine, gateway=self.gateway())
+            return [
+                result
+                for start in range(0, len(ids), STREAM_CHUNK)
+                for result in streamer.push_many(ids[start : start + STREAM_CHUNK], now=now)
+            ]
         pusher = self._pusher()
-        return [pusher.push(report_id, now=now) for report_id in pushable_ids(self.engine)]
+        return [pusher.push(report_id, now=now) for report_id in ids]
 
     def retry(self, report_id: int) -> PushResult:
         """Push a ``failed`` (or stuck ``sending``) report again, with the same identifier
@@ -157,10 +167,14 @@ class Metersync:
         """The newest reports, optionally of one status."""
         return list_reports(self.engine, status=status, limit=limit)
 
-    def _pusher(self) -> Pusher:
+    def gateway(self) -> Gateway | None:
+        """The Stripe gateway, built from settings on first use; ``None`` in a dry run."""
         if self._gateway is None and self.settings.stripe_api_key is not None:
             self._gateway = Gateway.from_settings(self.settings)
-        return Pusher(self.engine, gateway=self._gateway)
+        return self._gateway
+
+    def _pusher(self) -> Pusher:
+        return Pusher(self.engine, gateway=self.gateway())
 
     def close(self) -> None:
         """Release database connections."""

@@ -81,6 +81,30 @@ def pushable_ids(engine: sa.Engine) -> list[int]:
         )
 
 
+def claim_for_push(engine: sa.Engine, *, now: datetime, grace: timedelta) -> list[int]:
+    """The outbox sweep: closed and in-flight reports not handed to a worker within
+    ``grace``, oldest window first; each is stamped as handed over now. A report whose
+    message was lost is therefore sent again after ``grace``, while one still queued or
+    being retried is not enqueued a second time on every tick."""
+    quiet = sa.or_(_REPORTS.c.attempted_at.is_(None), _REPORTS.c.attempted_at < now - grace)
+    with engine.begin() as conn:
+        rows = list(
+            conn.execute(
+                _REPORTS.update()
+                .where(_REPORTS.c.status.in_(PUSHABLE), quiet)
+                .values(attempted_at=now)
+                .returning(
+                    _REPORTS.c.id,
+                    _REPORTS.c.window_start,
+                    _REPORTS.c.account_id,
+                    _REPORTS.c.meter_id,
+                )
+            )
+        )
+    rows.sort(key=lambda r: (r.window_start, r.account_id, r.meter_id, r.id))
+    return [row.id for row in rows]
+
+
 class Pusher:
     """Pushes one report at a time; ``gateway=None`` is the dry run."""
 
@@ -119,7 +143,7 @@ class Pusher:
         conn.execute(
             _REPORTS.update()
             .where(_REPORTS.c.id == row.id)
-            .values(status="sending", attempts=_REPORTS.c.attempts + 1)
+            .values(status="sending", attempts=_REPORTS.c.attempts + 1, attempted_at=now)
         )
         row = _load(conn, row.id)
         if self._gateway is None:

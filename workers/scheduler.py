@@ -1,9 +1,11 @@
 """The scheduler: at each tick of the stored schedule it closes the due reports and
 enqueues pushes.
 
-- **Outbox.** Each tick enqueues every report still closed or in flight, so a message
-  lost with a crashed worker or broker is sent again. Pushes are idempotent, so a
-  duplicate message costs at most a duplicate-identifier answer from Stripe.
+- **Outbox.** Each tick enqueues the reports it closed, and every report still closed or
+  in flight that no worker has touched for :data:`SWEEP_GRACE`, so a message lost with a
+  crashed worker or broker is sent again. Pushes are idempotent, so a duplicate message
+  costs at most a duplicate-identifier answer from Stripe. Webhook deliveries still
+  ``received`` after :data:`SWEEP_GRACE` are enqueued again the same way.
 - **Run-time changes.** The schedule is re-read on every loop (about once a second),
   so an operator's change takes effect without a restart. Pausing stops the closing;
   windows keep following the expression.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 import structlog
@@ -26,12 +28,16 @@ import structlog
 from adapter import schedule as schedules
 from adapter.client import Metersync
 from adapter.models import utcnow
-from adapter.pushing import close_reports, pushable_ids
-from workers.actors import Actors
+from adapter.pushing import claim_for_push, close_reports
+from workers.actors import Actors, stale_deliveries
 
 log = structlog.get_logger("metersync.scheduler")
 #: Seconds between looks at the clock and the stored schedule.
 POLL_SECONDS = 1.0
+#: How long a report or delivery handed to a worker is left alone before the sweep
+#: enqueues it again. Longer than one push with its in-call retries, shorter than
+#: Dramatiq's last retries, which a lost message would never get.
+SWEEP_GRACE = timedelta(minutes=10)
 #: Seconds the leader's lock lives without renewal; a dead leader is replaced after it.
 LOCK_SECONDS = 15
 
@@ -77,9 +83,11 @@ class Scheduler:
         if self._last_tick is not None and due <= self._last_tick:
             return None
         closed = close_reports(self._ms.engine, now=now, due_only=True)
-        ids = pushable_ids(self._ms.engine)
-        for report_id in ids:
-            self._actors.push_report.send(report_id)
+        ids = claim_for_push(self._ms.engine, now=now, grace=SWEEP_GRACE)
+        self._actors.enqueue_pushes(ids)
+        self._actors.enqueue_deliveries(
+            stale_deliveries(self._ms.engine, now=now, grace=SWEEP_GRACE)
+        )
         self._last_tick = due
         tick = Tick(at=now, tick=due, closed=closed, enqueued=len(ids))
         log.info("scheduler.tick", expression=state.expression, closed=closed, enqueued=len(ids))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -31,9 +33,20 @@ class Gateway:
         max_wait: float = 8.0,
         wait: tenacity.wait.WaitBaseT | None = None,
         sleep: Sleep = time.sleep,
+        throttle: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
-        self._policy = RetryPolicy(attempts=attempts, max_wait=max_wait, wait=wait, sleep=sleep)
+        self._policy = RetryPolicy(
+            attempts=attempts, max_wait=max_wait, wait=wait, sleep=sleep, throttle=throttle
+        )
+
+    def throttled(self, throttle: Callable[[], None]) -> Gateway:
+        """The same gateway, calling ``throttle`` before every request (workers pass the
+        shared Stripe rate limit here, so retries after a 429 are paced too)."""
+        copy = copy_module.copy(self)
+        copy._policy = copy_module.copy(self._policy)
+        copy._policy.throttle = throttle
+        return copy
 
     @classmethod
     def from_settings(

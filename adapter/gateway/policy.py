@@ -116,12 +116,21 @@ class RetryPolicy:
     """Up to ``attempts`` tries of one Stripe call, with exponential backoff and jitter."""
 
     def __init__(
-        self, *, attempts: int, max_wait: float, wait: tenacity.wait.WaitBaseT | None, sleep: Sleep
+        self,
+        *,
+        attempts: int,
+        max_wait: float,
+        wait: tenacity.wait.WaitBaseT | None,
+        sleep: Sleep,
+        throttle: Callable[[], None] | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
         self.attempts = attempts
         self.max_wait = max_wait
+        #: Called before every HTTP attempt, retries included, so a shared rate limit
+        #: also paces the retry of a 429; it may raise :class:`TransientError`.
+        self.throttle = throttle
         if wait is None:  # exponential backoff with full jitter, capped
             wait = tenacity.wait_random_exponential(multiplier=0.5, max=max_wait)
         self._wait = wait
@@ -137,8 +146,15 @@ class RetryPolicy:
             before_sleep=_log_retry,
             reraise=True,
         )
+        throttle = self.throttle
+
+        def attempt() -> T:
+            if throttle is not None:
+                throttle()
+            return fn()
+
         try:
-            return retrying(fn)
+            return retrying(attempt)
         except stripe.StripeError as error:
             # `from None`: the Stripe error's text is already in ours, with keys masked.
             attempts = int(retrying.statistics.get("attempt_number", 1))

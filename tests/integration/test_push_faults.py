@@ -22,17 +22,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import stripe
-from dramatiq import Worker
 
 import adapter
 from adapter.client import Metersync
-from adapter.gateway import Gateway
 from adapter.models import Account, Meter, UsageReport, table
 from adapter.pushing import PUSHABLE, close_reports, pushable_ids
 from config.settings import Settings
 from tests.servers import Postgres, Redis
-from workers.actors import MUTEX_TTL_MS, Actors, declare
+from workers.actors import Actors, declare, mutex_ttl_ms
 from workers.broker import BrokerHandle, make_broker
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -169,8 +166,10 @@ def _record_usage(ms: Metersync) -> dict[tuple[str, str], Decimal]:
     return dict(recorded)
 
 
-def _worker(state: Setup, *, threads: int = 4) -> subprocess.Popen[bytes]:
-    """A `metersync worker` process pointed at the stand-in."""
+def _worker(
+    state: Setup, *, threads: int = 4, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A `metersync worker` process pointed at the stand-in (``env`` adds settings)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(state.logs),
@@ -180,6 +179,7 @@ def _worker(state: Setup, *, threads: int = 4) -> subprocess.Popen[bytes]:
         "METERSYNC_STRIPE_API_BASE": state.standin,
         "METERSYNC_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     log = (state.logs / f"worker-{len(state.workers)}.log").open("wb")
     proc = subprocess.Popen(
@@ -293,33 +293,9 @@ def test_429_bursts_delay_but_do_not_lose_or_double(setup: Setup) -> None:
 @_faults(slow_every=4, delay=2.5)
 def test_responses_slower_than_the_client_timeout_bill_once(setup: Setup) -> None:
     """Recorded calls answered after the client's timeout are resent once, as duplicates."""
-    # The worker runs in this process on a gateway with a 1 s timeout: a worker process
-    # cannot be given one (Settings has no timeout; Gateway.from_settings keeps
-    # RequestsClient's 80 s default).
-    client = stripe.StripeClient(
-        _API_KEY,
-        http_client=stripe.RequestsClient(timeout=1),
-        base_addresses={"api": setup.standin},
-        max_network_retries=0,
-    )
-    settings = Settings(
-        database_url=setup.url,
-        redis_url=setup.redis_url,
-        stripe_api_key=_API_KEY,
-        stripe_api_base=setup.standin,
-    )
-    ms = adapter.connect(settings, gateway=Gateway(client=client))
-    handle = make_broker(settings)
-    declare(handle, ms)
-    worker = Worker(handle.broker, worker_threads=4)
-    worker.start()
-    try:
-        _enqueue(setup)
-        _settle(setup)
-    finally:
-        worker.stop()
-        handle.close()
-        ms.close()
+    _worker(setup, env={"METERSYNC_STRIPE_TIMEOUT": "1"})
+    _enqueue(setup)
+    _settle(setup)
     seen = _assert_exactly_once(setup)
     assert seen["slow"] >= 3
     assert seen["duplicates"] >= seen["slow"]
@@ -344,14 +320,16 @@ def test_worker_killed_mid_push_then_replaced_bills_once(setup: Setup) -> None:
     sending = {r.identifier for r in _reports(setup.ms) if r.status == "sending"}
     assert len(landed) >= 2
     assert landed <= sending  # recorded by Stripe, but the worker never heard back
-    # The dead worker still holds each of those (customer, meter) slots for MUTEX_TTL_MS
-    # (5 min): too long to wait here, so expire them by hand once their TTL is shown.
+    # The dead worker still holds each of those (customer, meter) slots until their TTL
+    # (about 2 min with the default 20 s Stripe timeout): too long to wait here, so
+    # expire them by hand once their TTL is shown.
+    ttl = mutex_ttl_ms(Settings(stripe_timeout=20.0))  # the worker's default
     client = setup.handle.client
     assert client is not None
     held = [key for key in client.scan_iter("metersync:push:*") if int(client.get(key) or 0)]
     assert len(held) == len(sending)
     for key in held:
-        assert client.pttl(key) > MUTEX_TTL_MS - 60_000
+        assert ttl - 60_000 < client.pttl(key) <= ttl
         client.delete(key)
     _worker(setup)
     _enqueue(setup)

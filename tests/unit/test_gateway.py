@@ -661,3 +661,47 @@ def test_from_settings_applies_the_configured_request_timeout() -> None:
     http = gateway._client._requestor._client  # type: ignore[attr-defined]
     assert isinstance(http, stripe.RequestsClient)
     assert http._timeout == 3.5
+
+
+# --- throttle -------------------------------------------------------------------------------
+
+
+def test_throttle_runs_before_every_attempt_including_retries_of_a_429(
+    http: responses.RequestsMock, gateway: Gateway
+) -> None:
+    """A throttled gateway asks the shared rate limit before the first call and each retry."""
+    order: list[str] = []
+    add_error(http, METER_EVENTS, 429, "Too many requests.", type_="rate_limit_error")
+    add_ok(http)
+    throttled = gateway.throttled(lambda: order.append(f"throttle {len(http.calls)}"))
+
+    assert send(throttled).request_id == "req_ok"
+
+    assert order == ["throttle 0", "throttle 1"]
+    assert len(http.calls) == 2
+
+
+def test_throttle_that_gives_up_is_transient_and_sends_nothing(
+    http: responses.RequestsMock, gateway: Gateway
+) -> None:
+    """No rate-limit slot in time: a TransientError, and Stripe is never called."""
+
+    def full() -> None:
+        raise TransientError("no Stripe rate-limit slot within 10s")
+
+    with pytest.raises(TransientError, match="rate-limit slot"):
+        send(gateway.throttled(full))
+    assert len(http.calls) == 0
+
+
+def test_throttled_copy_leaves_the_original_unthrottled(
+    http: responses.RequestsMock, gateway: Gateway
+) -> None:
+    """``throttled`` returns a new gateway; the one it came from calls no throttle."""
+    calls: list[int] = []
+    gateway.throttled(lambda: calls.append(1))
+    add_ok(http)
+
+    send(gateway)
+
+    assert calls == []
