@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -120,32 +121,40 @@ class Pusher:
             row = _load(conn, report_id)
             if row.status not in PUSHABLE:
                 return _result(row, row.status, error=f"report is {row.status}; nothing to do")
-            outcome = self._prepare(conn, row, now)
+            outcome, row = self._prepare(conn, row, now)
             if outcome is not None:
                 return outcome
-            row = _load(conn, report_id)
         return self._send(row, now)
 
-    def _prepare(self, conn: sa.Connection, row: Any, now: datetime) -> PushResult | None:
-        """Settle everything that needs no Stripe call; store the decision."""
+    def _prepare(
+        self, conn: sa.Connection, row: Any, now: datetime
+    ) -> tuple[PushResult | None, Any]:
+        """Settle everything that needs no Stripe call and store the decision; returns the
+        outcome if no call is needed, and the report as it now stands."""
         if row.free:
-            return _finish(conn, row, "skipped_free", now=now)
+            return _finish(conn, row, "skipped_free", now=now), row
+        changes: dict[str, Any] = {"status": "sending", "attempted_at": now}
         if row.identifier is None:
             try:
                 decided = self._decide(conn, row, now)
             except ValueError as exc:
-                return _finish(conn, row, "failed", now=now, error=str(exc))
+                return _finish(conn, row, "failed", now=now, error=str(exc)), row
             if decided is None:
                 error = "too old for Stripe (35 days); it can no longer be billed"
                 log.error("report.expired", report_id=row.id, account=row.account)
-                return _finish(conn, row, "expired", now=now, error=error)
-            conn.execute(_REPORTS.update().where(_REPORTS.c.id == row.id).values(**decided))
+                return _finish(conn, row, "expired", now=now, error=error), row
+            changes.update(decided)
         conn.execute(
             _REPORTS.update()
             .where(_REPORTS.c.id == row.id)
-            .values(status="sending", attempts=_REPORTS.c.attempts + 1, attempted_at=now)
+            .values(attempts=_REPORTS.c.attempts + 1, **changes)
         )
-        row = _load(conn, row.id)
+        # The row is locked, so the stored attempts are exactly one more than read.
+        row = SimpleNamespace(**{**row._mapping, **changes, "attempts": row.attempts + 1})
+        return self._settle(conn, row, now), row
+
+    def _settle(self, conn: sa.Connection, row: Any, now: datetime) -> PushResult | None:
+        """Finish a decided report that needs no Stripe call; None if it needs one."""
         if self._gateway is None:
             return _finish(conn, row, "dry_run", now=now)
         if not row.stripe_customer_id:

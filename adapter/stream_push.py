@@ -40,11 +40,11 @@ class StreamPusher(Pusher):
                 if row.status not in PUSHABLE:
                     settled.append(_result(row, row.status, error=f"report is {row.status}"))
                     continue
-                outcome = self._prepare(conn, row, now)
+                outcome, row = self._prepare(conn, row, now)
                 if outcome is not None:
                     settled.append(outcome)
                 else:
-                    waiting.append(_load(conn, report_id))
+                    waiting.append(row)
         return settled + (self._send_batch(waiting, now) if waiting else [])
 
     def _send_batch(self, rows: list[Any], now: datetime) -> list[PushResult]:

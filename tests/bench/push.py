@@ -221,7 +221,9 @@ class RssSampler:
 
 
 @contextmanager
-def workers(url: str, *, redis_url: str, base: str, limit: int, log: Path) -> Iterator[int]:
+def workers(
+    url: str, *, redis_url: str, base: str, limit: int, log: Path, transport: str = "v1"
+) -> Iterator[int]:
     """``metersync worker`` processes on the stand-in; yields the parent's pid once every
     process says it is running, and stops them afterwards."""
     env = dict(
@@ -231,6 +233,7 @@ def workers(url: str, *, redis_url: str, base: str, limit: int, log: Path) -> It
         METERSYNC_STRIPE_API_BASE=base,
         METERSYNC_STRIPE_METER_EVENTS_BASE=base,
         METERSYNC_STRIPE_RATE_LIMIT=str(limit),
+        METERSYNC_STRIPE_TRANSPORT=transport,
         PYTHONUNBUFFERED="1",
     )
     command = [sys.executable, "-m", "adapter.cli", "--database-url", url, "worker"]
@@ -259,7 +262,14 @@ def _statuses(engine: sa.Engine) -> dict[str, int]:
 
 
 def push_phase(
-    url: str, ids: list[int], *, redis_url: str, limit: int, log: Path, timeout: float
+    url: str,
+    ids: list[int],
+    *,
+    redis_url: str,
+    limit: int,
+    log: Path,
+    timeout: float,
+    transport: str = "v1",
 ) -> PushRun:
     """Enqueue every id to fresh workers at ``limit`` calls/s; wait until all are sent
     (or ``timeout`` passes)."""
@@ -268,7 +278,9 @@ def push_phase(
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()  # the broker's queues and the rate limiter's counters
-    ms = adapter.connect(Settings(database_url=url, redis_url=redis_url))
+    ms = adapter.connect(
+        Settings(database_url=url, redis_url=redis_url, stripe_transport=transport)
+    )
     handle = make_broker(ms.settings)
     actors = declare(handle, ms)
     engine = ms.engine
@@ -276,12 +288,13 @@ def push_phase(
     # times the pushes, not this process's enqueueing (which shares the CPUs).
     progress(f"enqueueing {len(ids):,} pushes")
     began = time.monotonic()
-    for report_id in ids:
-        actors.push_report.send(report_id)
+    actors.enqueue_pushes(ids)
     enqueued = time.monotonic() - began
     with (
         standin(limit) as base,
-        workers(url, redis_url=redis_url, base=base, limit=limit, log=log) as pid,
+        workers(
+            url, redis_url=redis_url, base=base, limit=limit, log=log, transport=transport
+        ) as pid,
     ):
         sampler = RssSampler(pid)
         progress(f"pushing at {limit:,} calls/s")
@@ -348,6 +361,12 @@ def _figures(plan: Plan) -> dict[str, Figure]:
         "fast": Figure(f"push at 1,000/s limit, {plan.reports:,} reports", "% of limit", [], ratio),
         "fast_fail": Figure("  failures (not sent)", "reports", [], Target("<=", 0, "")),
         "fast_429": Figure("  429s from the stand-in", "calls"),
+        "worker_stream": Figure(
+            f"push by stream workers, {plan.reports:,} reports, 1,000/s limit",
+            "reports/s",
+            [],
+            Target(">=", 900, "(v1 target)"),
+        ),
         "slow": Figure(
             f"push at 25/s limit, {plan.slow_reports:,} reports", "% of limit", [], ratio
         ),
@@ -381,9 +400,10 @@ def run(plan: Plan, log_dir: Path, redis_url: str) -> tuple[list[Figure], list[s
     figures, notes = _figures(plan), []
     rss: dict[str, float] = {}
     runs: dict[str, PushRun] = {}
-    for name, limit, reports in (
-        ("fast", 1000, plan.reports),
-        ("slow", 25, plan.slow_reports),
+    for name, limit, reports, transport in (
+        ("fast", 1000, plan.reports, "v1"),
+        ("worker_stream", 1000, plan.reports, "stream"),
+        ("slow", 25, plan.slow_reports, "v1"),
     ):
         with postgres_database("metersync_push") as (url, _origin):
             accounts = math.ceil(reports / (len(METERS) * WINDOWS))
@@ -398,10 +418,14 @@ def run(plan: Plan, log_dir: Path, redis_url: str) -> tuple[list[Figure], list[s
                 limit=limit,
                 log=log_dir / f"worker-{name}.log",
                 timeout=timeout,
+                transport=transport,
             )
-        figures[name].runs.append(100 * run_.rate / limit)
-        figures[f"{name}_fail"].runs.append(run_.failures)
-        figures[f"{name}_429"].runs.append(run_.stats["v1_429"])
+        if transport == "stream":
+            figures[name].runs.append(run_.rate)
+        else:
+            figures[name].runs.append(100 * run_.rate / limit)
+            figures[f"{name}_fail"].runs.append(run_.failures)
+            figures[f"{name}_429"].runs.append(run_.stats["v1_429"])
         for pid, peak in run_.rss.items():
             rss[f"{name}:{pid}"] = peak
         notes.append(
@@ -409,7 +433,8 @@ def run(plan: Plan, log_dir: Path, redis_url: str) -> tuple[list[Figure], list[s
             f"{run_.span:.1f} s = {run_.rate:,.1f} reports/s against {limit:,}/s "
             f"({run_.elapsed:.1f} s from workers up to all sent; enqueueing beforehand took "
             f"{run_.enqueue_seconds:.1f} s); statuses {run_.statuses}; stand-in "
-            f"accepted {run_.stats['v1_calls']:,} calls, {run_.stats['v1_duplicates']} "
+            f"accepted {run_.stats['v1_calls']:,} v1 calls and {run_.stats['stream_calls']:,} "
+            f"stream calls, {run_.stats['v1_duplicates']} "
             f"duplicates, {run_.stats['v1_429']} 429s; machine CPUs {run_.machine_busy:.0f}% "
             f"busy, workers used {1000 * run_.worker_cpu / run_.reports:.1f} CPU-ms per report"
         )
