@@ -47,6 +47,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -66,7 +67,9 @@ METERS = ("api_calls", "storage_ops")
 WINDOWS = 2
 #: Events per ``record_many`` call when creating reports.
 BATCH = 2_000
-STREAM_CHUNK, STREAM_THREADS = 100, 8
+STREAM_CHUNK, STREAM_THREADS = 100, 4
+#: Stream sender processes, like ``metersync worker --processes 2`` on this 2-core machine.
+STREAM_PROCESSES = 2
 #: The realistic profile the calls-per-million figure is computed for.
 PROFILE_CUSTOMERS, PROFILE_METERS, PROFILE_WINDOWS = 1_000, 1, 24
 API_KEY = "sk_test_bench"
@@ -323,29 +326,62 @@ def push_phase(
     return run
 
 
-def stream_rate(events: int) -> tuple[float, dict[str, int]]:
-    """Events/s of ``events`` stream events sent in batches of 100 from several threads."""
-    with standin(1_000_000) as base:
-        client = stripe.StripeClient(
-            API_KEY,
-            http_client=stripe.RequestsClient(),
-            base_addresses={"api": base, "meter_events": base},
-            max_network_retries=0,
-        )
-        stream = Gateway(client=client).stream()
-        at = datetime.now(UTC) - timedelta(minutes=5)
-        batches = [
-            [
-                StreamEvent("api_calls", f"cus_s{(first + n) % 1000}", 1, at, f"s-{first + n}")
-                for n in range(min(STREAM_CHUNK, events - first))
-            ]
-            for first in range(0, events, STREAM_CHUNK)
+def _stream_sender(
+    base: str, first: int, count: int, threads: int, ready: Any, go: Any, out: Any
+) -> None:
+    """Process entry point: send ``count`` stream events (ids from ``first``) in batches of
+    100 from ``threads`` threads once ``go`` is set; report (events, seconds)."""
+    client = stripe.StripeClient(
+        API_KEY,
+        http_client=stripe.RequestsClient(),
+        base_addresses={"api": base, "meter_events": base},
+        max_network_retries=0,
+    )
+    stream = Gateway(client=client).stream()
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    batches = [
+        [
+            StreamEvent("api_calls", f"cus_s{(n) % 1000}", 1, at, f"s-{n}")
+            for n in range(start, min(start + STREAM_CHUNK, first + count))
         ]
-        stream.send(batches[0])  # warm-up: the session token and connections
-        started = time.monotonic()
-        with ThreadPoolExecutor(STREAM_THREADS) as pool:
-            sent = sum(pool.map(stream.send, batches[1:]))
-        elapsed = time.monotonic() - started
+        for start in range(first, first + count, STREAM_CHUNK)
+    ]
+    stream.send([StreamEvent("api_calls", "cus_w", 1, at, f"warm-{first}")])  # token, pool
+    ready.set()
+    go.wait()
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        sent = sum(pool.map(stream.send, batches))
+    out.put((sent, started, time.monotonic()))
+
+
+def stream_rate(events: int) -> tuple[float, dict[str, int]]:
+    """Events/s of ``events`` stream events sent in batches of 100 by
+    :data:`STREAM_PROCESSES` processes of :data:`STREAM_THREADS` threads each, as
+    ``metersync worker --processes N`` would run them: from the first process starting to
+    the last one finishing."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    with standin(1_000_000) as base:
+        go, out = spawn.Event(), spawn.Queue()
+        share = events // STREAM_PROCESSES
+        procs, readies = [], []
+        for n in range(STREAM_PROCESSES):
+            ready = spawn.Event()
+            args = (base, n * share, share, STREAM_THREADS, ready, go, out)
+            procs.append(spawn.Process(target=_stream_sender, args=args))
+            readies.append(ready)
+            procs[-1].start()
+        for ready in readies:
+            if not ready.wait(60):
+                raise RuntimeError("a stream sender did not start")
+        go.set()
+        results = [out.get(timeout=600) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=30)
+        sent = sum(r[0] for r in results)
+        elapsed = max(r[2] for r in results) - min(r[1] for r in results)
         return sent / elapsed, standin_stats(base)
 
 
@@ -373,7 +409,8 @@ def _figures(plan: Plan) -> dict[str, Figure]:
         "slow_fail": Figure("  failures (not sent)", "reports", [], Target("<=", 0, "")),
         "slow_429": Figure("  429s from the stand-in", "calls"),
         "stream": Figure(
-            f"v2 stream, batches of {STREAM_CHUNK}, {STREAM_THREADS} threads",
+            f"v2 stream, batches of {STREAM_CHUNK}, {STREAM_PROCESSES} processes x "
+            f"{STREAM_THREADS} threads",
             "events/s",
             [],
             Target(">=", 20_000, ""),
