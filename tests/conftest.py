@@ -63,7 +63,11 @@ def postgres_url(postgres_server: Postgres) -> Iterator[str]:
     postgres_server.drop_database(url)
 
 
-_TABLES = "usage_event, usage_report, billing_period, audit_log, schedule, meter, account"
+_TABLES = (
+    "usage_event, usage_report, billing_period, audit_log, schedule, meter, account, "
+    "stripe_customer, subscription, subscription_item, invoice, invoice_line, price, "
+    "stripe_meter, webhook_delivery, invoice_report, sync_state"
+)
 # installation is kept: its namespace is made once, by the migration.
 
 

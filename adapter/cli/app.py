@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from adapter.cli import accounts, db, demo, meters, reports, schedule, service, usage
+from adapter.cli import accounts, db, demo, meters, reports, schedule, serve, service, usage
 from adapter.cli.context import CliState
 from adapter.cli.errors import MetersyncGroup
 from config.logging import configure_logging
@@ -39,6 +39,7 @@ app.command("demo")(demo.demo)
 app.command("worker")(service.worker)
 app.command("scheduler")(service.scheduler)
 app.command("run")(service.run)
+app.command("serve")(serve.serve)
 
 
 def _version() -> str:

@@ -6,14 +6,19 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from adapter.cli.context import connected, console, state
 from adapter.client import Metersync
+from adapter.errors import MetersyncError
+
+if TYPE_CHECKING:
+    from workers.actors import Actors
 
 Threads = Annotated[
     int, typer.Option("--threads", min=1, max=64, help="Worker threads per process.")
@@ -32,9 +37,10 @@ def worker(
         subprocess.Popen(_self_command(ctx, "worker", "--threads", str(threads)))  # noqa: S603
         for _ in range(processes - 1)
     ]
+    stop = _stop_on_signal()
     try:
         with connected(ctx) as ms, _services(ms, worker_threads=threads, scheduler=False):
-            _wait_for_signal()
+            stop.wait()
     finally:
         for child in children:
             child.terminate()
@@ -45,19 +51,65 @@ def worker(
 def scheduler(ctx: typer.Context) -> None:
     """Run the scheduler: close due reports on each tick of the stored schedule and
     enqueue their pushes. Several may run; one acts at a time."""
+    stop = _stop_on_signal()
     with connected(ctx) as ms, _services(ms, worker_threads=0, scheduler=True):
-        _wait_for_signal()
+        stop.wait()
 
 
-def run(ctx: typer.Context, threads: Threads = 4) -> None:
-    """Run the scheduler and a worker in one process, on the embedded defaults unless
-    configured (the webhook receiver joins them in a later release)."""
-    with connected(ctx) as ms, _services(ms, worker_threads=threads, scheduler=True):
-        _wait_for_signal()
+def run(
+    ctx: typer.Context,
+    threads: Threads = 4,
+    host: Annotated[
+        str | None, typer.Option(help="HTTP address (default METERSYNC_HTTP_HOST, 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65_535, help="HTTP port (default METERSYNC_HTTP_PORT, 8000)."),
+    ] = None,
+) -> None:
+    """Run the webhook receiver and HTTP API, the scheduler and a worker in one process,
+    on the embedded defaults unless configured (Ctrl-C stops them)."""
+    stop = _stop_on_signal()
+    with (
+        connected(ctx) as ms,
+        _services(ms, worker_threads=threads, scheduler=True) as actors,
+        _http(ms, actors, host=host or ms.settings.http_host, port=_port(port, ms)),
+    ):
+        stop.wait()
+
+
+def _port(port: int | None, ms: Metersync) -> int:
+    return ms.settings.http_port if port is None else port
 
 
 @contextmanager
-def _services(ms: Metersync, *, worker_threads: int, scheduler: bool) -> Iterator[None]:
+def _http(ms: Metersync, actors: Actors, *, host: str, port: int) -> Iterator[None]:
+    """The FastAPI app under uvicorn in a thread of this process."""
+    import uvicorn
+
+    from webhooks.app import create_app
+
+    app = create_app(
+        ms.settings, ms=ms, enqueue=lambda delivery_id: actors.enqueue_deliveries([delivery_id])
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="metersync-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise MetersyncError(f"the HTTP server could not listen on {host}:{port}")
+        time.sleep(0.05)
+    console.print(f"metersync: HTTP on http://{host}:{port} (POST /webhooks/stripe)")
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def _services(ms: Metersync, *, worker_threads: int, scheduler: bool) -> Iterator[Actors]:
     from dramatiq import Worker
 
     from workers.actors import declare
@@ -79,7 +131,7 @@ def _services(ms: Metersync, *, worker_threads: int, scheduler: bool) -> Iterato
     mode = "dry run (no Stripe key)" if ms.settings.dry_run else "Stripe"
     console.print(f"metersync: broker {handle.kind}, {mode}; Ctrl-C to stop")
     try:
-        yield
+        yield actors
     finally:
         stop.set()
         for thread in running:
@@ -89,11 +141,13 @@ def _services(ms: Metersync, *, worker_threads: int, scheduler: bool) -> Iterato
         handle.close()
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, installed before anything starts, so a signal
+    that arrives while services are still starting stops them cleanly too."""
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    return done
 
 
 def _self_command(ctx: typer.Context, *args: str) -> list[str]:

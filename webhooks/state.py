@@ -1,0 +1,142 @@
+"""What the HTTP app holds: settings, the metersync connection and the hand-off to workers,
+each made on first use so that importing the app connects to nothing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+from fastapi import Request
+from pydantic import ValidationError
+
+from adapter.errors import MetersyncError
+from config.settings import Settings
+from webhooks.errors import HttpError, Unavailable
+
+if TYPE_CHECKING:
+    import redis
+
+    from adapter.client import Metersync
+    from workers.broker import BrokerHandle
+
+log = structlog.get_logger("metersync.http")
+#: Seconds the health check waits for Redis.
+REDIS_TIMEOUT = 2.0
+
+
+class AppState:
+    """Settings, connection and enqueue of one app; see :func:`webhooks.app.create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings | None,
+        *,
+        ms: Metersync | None,
+        enqueue: Callable[[int], object] | None,
+    ) -> None:
+        self._settings = settings if settings is not None else (ms.settings if ms else None)
+        self._ms = ms
+        self._owns_ms = ms is None
+        self._enqueue: Callable[[int], object] | None = enqueue
+        self._handle: BrokerHandle | None = None
+        self._redis: redis.Redis | None = None
+        self._lock = threading.Lock()
+        # Connecting may take seconds (an unreachable database): it has its own lock so
+        # that health checks of Redis do not queue behind it.
+        self._connecting = threading.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings given, or read from the environment on first use."""
+        if self._settings is None:
+            with self._lock:
+                if self._settings is None:
+                    self._settings = _read_settings()
+        return self._settings
+
+    def metersync(self) -> Metersync:
+        """The connection given, or one made from the settings on first use."""
+        if self._ms is None:
+            settings = self.settings
+            with self._connecting:
+                if self._ms is None:
+                    self._ms = _connect(settings)
+        return self._ms
+
+    def enqueue(self, delivery_id: int) -> None:
+        """Hand a stored delivery to the workers."""
+        if self._enqueue is None:
+            ms = self.metersync()
+            with self._lock:
+                if self._enqueue is None:
+                    self._enqueue = self._broker_enqueue(ms)
+        self._enqueue(delivery_id)
+
+    def _broker_enqueue(self, ms: Metersync) -> Callable[[int], object]:
+        """``process_webhook.send`` on the broker the settings name."""
+        from workers.actors import declare
+        from workers.broker import make_broker
+
+        self._handle = make_broker(self.settings)
+        if self._handle.kind == "stub":
+            # No worker shares an in-process broker with this server: messages sent to it
+            # are lost, and deliveries wait for the scheduler's sweep instead.
+            log.warning("webhook.broker_stub", hint="set METERSYNC_REDIS_URL")
+        send: Callable[[int], object] = declare(self._handle, ms).process_webhook.send
+        return send
+
+    def redis(self) -> redis.Redis | None:
+        """A client for ``METERSYNC_REDIS_URL`` with short timeouts; None when unset."""
+        url = self.settings.redis_url
+        if not url:
+            return None
+        with self._lock:
+            if self._redis is None:
+                import redis
+
+                self._redis = redis.Redis.from_url(
+                    url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
+                )
+            return self._redis
+
+    def close(self) -> None:
+        """Release what this state made (never a connection it was given)."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None
+            if self._owns_ms and self._ms is not None:
+                self._ms.close()
+                self._ms = None
+
+
+def _read_settings() -> Settings:
+    """Settings from the environment; invalid ones answer 500 naming the fields only."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)})
+        raise HttpError(
+            f"invalid settings: {', '.join(fields)}; fix the METERSYNC_* environment",
+            type="configuration_error",
+        ) from None
+
+
+def _connect(settings: Settings) -> Metersync:
+    import adapter
+
+    try:
+        return adapter.connect(settings)
+    except MetersyncError as exc:  # unreachable database, schema behind: say so, as 503
+        raise Unavailable(str(exc), type="database_unavailable") from None
+
+
+def app_state(request: Request) -> AppState:
+    """The state of the app serving ``request``."""
+    state: AppState = request.app.state.metersync
+    return state
