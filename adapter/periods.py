@@ -68,27 +68,77 @@ class Periods:
         """Store a period; refuse one that overlaps another known period of the account."""
         begin, finish = validation.period(start, end)
         with self._engine.begin() as conn:
-            overlap = conn.execute(
-                sa.select(_PERIODS.c.period_start, _PERIODS.c.period_end)
-                .where(_PERIODS.c.account_id == account_id)
-                .where(_PERIODS.c.period_start < finish, _PERIODS.c.period_end > begin)
-                .where(_PERIODS.c.period_start != begin)
-            ).first()
-            if overlap is not None:
-                raise InvalidPeriod(
-                    f"period {begin.isoformat()}..{finish.isoformat()} overlaps the known "
-                    f"period {overlap.period_start.isoformat()}..{overlap.period_end.isoformat()}"
-                )
-            conn.execute(
-                _PERIODS.delete().where(
-                    _PERIODS.c.account_id == account_id, _PERIODS.c.period_start == begin
-                )
-            )
-            conn.execute(
-                _PERIODS.insert().values(
-                    account_id=account_id, period_start=begin, period_end=finish, source=source
-                )
-            )
-        with self._lock:
-            self._cache.pop(account_id, None)
+            store_period(conn, account_id, begin, finish, source=source)
+        self.forget([account_id])
         return begin, finish
+
+    def forget(self, account_ids: Iterable[int] | None = None) -> None:
+        """Drop this process's copy of the periods of ``account_ids`` (all when ``None``),
+        so the next read sees a change made outside :meth:`set` (the webhook mirror)."""
+        with self._lock:
+            if account_ids is None:
+                self._cache.clear()
+            else:
+                for account_id in account_ids:
+                    self._cache.pop(account_id, None)
+
+
+def store_period(
+    conn: sa.Connection,
+    account_id: int,
+    start: object,
+    end: object,
+    *,
+    source: str,
+    replace_overlaps: bool = False,
+) -> Period:
+    """Store a period of an account on ``conn`` (the caller's transaction), replacing the
+    account's period with the same start. Another known period that overlaps it is
+    refused with :class:`InvalidPeriod`, unless ``replace_overlaps`` (Stripe's word is
+    final, e.g. after a billing-cycle-anchor reset): then an earlier period is cut to end
+    where this one starts and a later one is deleted. Callers drop cached copies with
+    :meth:`Periods.forget` once the transaction commits."""
+    begin, finish = validation.period(start, end)
+    overlapping = (
+        sa.select(_PERIODS.c.id, _PERIODS.c.period_start, _PERIODS.c.period_end)
+        .where(_PERIODS.c.account_id == account_id)
+        .where(_PERIODS.c.period_start < finish, _PERIODS.c.period_end > begin)
+        .where(_PERIODS.c.period_start != begin)
+    )
+    if not replace_overlaps:
+        overlap = conn.execute(overlapping).first()
+        if overlap is not None:
+            raise InvalidPeriod(
+                f"period {begin.isoformat()}..{finish.isoformat()} overlaps the known "
+                f"period {overlap.period_start.isoformat()}..{overlap.period_end.isoformat()}"
+            )
+    else:
+        for row in conn.execute(overlapping).all():
+            if row.period_start < begin:
+                conn.execute(
+                    _PERIODS.update().where(_PERIODS.c.id == row.id).values(period_end=begin)
+                )
+            else:
+                conn.execute(_PERIODS.delete().where(_PERIODS.c.id == row.id))
+    conn.execute(
+        _PERIODS.delete().where(
+            _PERIODS.c.account_id == account_id, _PERIODS.c.period_start == begin
+        )
+    )
+    conn.execute(
+        _PERIODS.insert().values(
+            account_id=account_id, period_start=begin, period_end=finish, source=source
+        )
+    )
+    return begin, finish
+
+
+def latest_period(conn: sa.Connection, account_id: int) -> Period | None:
+    """The account's known period that starts last, read on ``conn`` (no cache)."""
+    row = conn.execute(
+        sa.select(_PERIODS.c.period_start, _PERIODS.c.period_end)
+        .where(_PERIODS.c.account_id == account_id)
+        .order_by(_PERIODS.c.period_start.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row.period_start, row.period_end)

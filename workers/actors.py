@@ -138,7 +138,7 @@ def _process_delivery(
     gateway: Any,
     enqueue: Callable[[Iterable[int]], int],
 ) -> None:
-    from webhooks.mirror.process import process_delivery  # type: ignore[import-not-found]
+    from webhooks.mirror.process import process_delivery
 
     refetch = gateway.retrieve if gateway is not None else None
     try:

@@ -9,7 +9,20 @@ from typing import Annotated
 
 import typer
 
-from adapter.cli import accounts, db, demo, meters, reports, schedule, serve, service, usage
+from adapter.cli import (
+    accounts,
+    db,
+    demo,
+    explain,
+    meters,
+    reports,
+    schedule,
+    serve,
+    service,
+    sync,
+    usage,
+    webhooks,
+)
 from adapter.cli.context import CliState
 from adapter.cli.errors import MetersyncGroup
 from config.logging import configure_logging
@@ -40,6 +53,9 @@ app.command("worker")(service.worker)
 app.command("scheduler")(service.scheduler)
 app.command("run")(service.run)
 app.command("serve")(serve.serve)
+app.add_typer(webhooks.app, name="webhooks")
+app.command("explain")(explain.explain)
+app.command("sync")(sync.sync)
 
 
 def _version() -> str:

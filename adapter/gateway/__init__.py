@@ -1,4 +1,5 @@
-"""The only package that talks to Stripe: meter events (v1, and the v2 stream) and meters.
+"""The only package that talks to Stripe: meter events (v1, and the v2 stream), meters, and
+reading objects and events for ``metersync sync``.
 
 Every call goes through one short retry policy (tenacity) and ends in one of three ways:
 delivered, :class:`TransientError` (try again later) or :class:`PermanentError` (an operator
@@ -8,6 +9,7 @@ The modules inside are private; import from here.
 
 from adapter.gateway.client import Gateway
 from adapter.gateway.errors import PermanentError, StripeCallError, TransientError
+from adapter.gateway.objects import Pace, Page, read_pace
 from adapter.gateway.policy import Outcome, classify, idempotency_key, mask_secrets
 from adapter.gateway.stream import MeterEventStream, rfc3339
 from adapter.gateway.types import Delivery, StreamEvent, StripeMeter
@@ -17,6 +19,8 @@ __all__ = [
     "Gateway",
     "MeterEventStream",
     "Outcome",
+    "Pace",
+    "Page",
     "PermanentError",
     "StreamEvent",
     "StripeCallError",
@@ -25,5 +29,6 @@ __all__ = [
     "classify",
     "idempotency_key",
     "mask_secrets",
+    "read_pace",
     "rfc3339",
 ]

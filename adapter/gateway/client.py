@@ -12,6 +12,7 @@ import stripe
 import tenacity
 
 from adapter.errors import ConfigurationError
+from adapter.gateway.objects import ObjectReader
 from adapter.gateway.policy import RetryPolicy, Sleep, classify, idempotency_key
 from adapter.gateway.stream import Clock, MeterEventStream
 from adapter.gateway.types import Delivery, StripeMeter, aware, whole
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from config.settings import Settings
 
 
-class Gateway:
-    """Sends meter events to Stripe and reads its meters, one briefly-retried call at a time."""
+class Gateway(ObjectReader):
+    """Sends meter events to Stripe and reads its meters and objects, one briefly-retried call
+    at a time."""
 
     def __init__(
         self,
