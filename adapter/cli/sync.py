@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from adapter import sync as syncing
-from adapter.cli.context import connected, console, err_console, print_json
+from adapter.cli.context import connected, console, err_console, print_json, state
 from adapter.cli.errors import fail
 from adapter.cli.reports import print_table
 
@@ -75,9 +75,12 @@ def sync(
     error, with Stripe's message and request id."""
     if events and only:
         raise fail("--only applies to object sync, not to --events", code=2)
+    # Before connecting: without a key, sync must not create or migrate a database either.
+    if state(ctx).settings().stripe_api_key is None:
+        raise fail(NO_KEY)
     with connected(ctx) as ms:
         gateway = ms.gateway()
-        if gateway is None:
+        if gateway is None:  # unreachable after the check above; narrows the type
             raise fail(NO_KEY)
         with _bars(enabled=not as_json and err_console.is_terminal) as progress:
             try:

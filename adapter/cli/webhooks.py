@@ -196,8 +196,8 @@ def replay(ctx: typer.Context, delivery_id: DeliveryId, as_json: AsJson = False)
 
 
 def _replay(ms: Metersync, delivery_id: int) -> Processed:
-    """Run the mirror on the delivery; an unexpected error is kept on the delivery and
-    reported as one line, not a traceback."""
+    """Run the mirror on the delivery; an error is kept on the delivery and reported as
+    one line with the status it left, not a traceback (unexpected ones are logged too)."""
     from webhooks.mirror import process
 
     gateway = ms.gateway()
@@ -205,14 +205,29 @@ def _replay(ms: Metersync, delivery_id: int) -> Processed:
     refetch = getattr(gateway, "retrieve", None) if gateway is not None else None
     try:
         return process.replay(ms, delivery_id, refetch=refetch)
-    except MetersyncError:
-        raise
+    except MetersyncError as exc:  # a payload that cannot apply, or Stripe refusing a refetch
+        said = str(exc)
     except Exception as exc:
         log.exception("webhook.replay_failed", delivery_id=delivery_id)
-        raise fail(
-            f"replaying delivery {delivery_id} failed: {process.describe(exc)}; the error is "
-            "kept on the delivery (`metersync webhooks --status failed`)"
-        ) from None
+        said = process.describe(exc)
+    # The mirror fails a delivery at once only when it can never apply; otherwise it is
+    # ``received`` again and a worker retries it. Say which, so the hint lists it.
+    now = _status_now(ms.engine, delivery_id)
+    where = (
+        f"the delivery is now {now}, with the error kept (`metersync webhooks --status {now}`)"
+        if now is not None
+        else "see `metersync webhooks`"
+    )
+    raise fail(f"replaying delivery {delivery_id} failed: {said}; {where}")
+
+
+def _status_now(engine: sa.Engine, delivery_id: int) -> str | None:
+    """The delivery's status, or ``None`` if the database cannot say."""
+    try:
+        found = delivery(engine, delivery_id)
+    except sa.exc.SQLAlchemyError:  # the database failed too: the replay's error matters
+        return None
+    return found.status if found is not None else None
 
 
 def _print_replay(
