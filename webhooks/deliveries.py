@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ def store(engine: sa.Engine, event: dict[str, Any], *, source: str = "webhook") 
     """Insert a delivery for ``event`` (a Stripe event as JSON) and return its row id, or
     ``None`` when a delivery with the same event id is already stored. Two copies arriving
     at once race on the unique event id; exactly one insert wins."""
-    values = _row(event, source=source)
+    values = row(event, source=source)
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     stmt = (
         insert(DELIVERIES)
@@ -30,7 +31,34 @@ def store(engine: sa.Engine, event: dict[str, Any], *, source: str = "webhook") 
         return conn.execute(stmt).scalar_one_or_none()
 
 
-def _row(event: dict[str, Any], *, source: str) -> dict[str, Any]:
+def store_rows(engine: sa.Engine, rows: Sequence[dict[str, Any]]) -> list[int | None]:
+    """Insert many delivery rows (from :func:`row`) in one transaction: for each, its new
+    row id, or ``None`` when its event id was stored already (also by an earlier row of
+    the same call). One bad row fails them all; callers retry one at a time."""
+    first: dict[str, int] = {}
+    unique: list[dict[str, Any]] = []
+    for n, values in enumerate(rows):
+        if values["event_id"] not in first:
+            first[values["event_id"]] = n
+            unique.append(values)
+    if not unique:
+        return []
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        insert(DELIVERIES)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(DELIVERIES.c.id, DELIVERIES.c.event_id)
+    )
+    with engine.begin() as conn:
+        # executemany with RETURNING: SQLAlchemy sends it as few multi-row INSERTs.
+        stored = {event_id: row_id for row_id, event_id in conn.execute(stmt, unique)}
+    return [
+        stored.get(values["event_id"]) if first[values["event_id"]] == n else None
+        for n, values in enumerate(rows)
+    ]
+
+
+def row(event: dict[str, Any], *, source: str) -> dict[str, Any]:
     """The delivery row for an event; refuses JSON that is not a Stripe event."""
     event_id, kind, created = event.get("id"), event.get("type"), event.get("created")
     if not isinstance(event_id, str) or not event_id:

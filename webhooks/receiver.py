@@ -12,7 +12,6 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 
 from config import defaults
 from webhooks import deliveries
@@ -82,12 +81,10 @@ async def receive_stripe(request: Request) -> dict[str, bool]:
     event = parse_json(body)
     if not isinstance(event, dict):
         raise BadRequest("not a Stripe event: the body is not a JSON object", type="invalid_event")
-    delivery_id = await run_in_threadpool(_store, state, event)
+    delivery_id = await _store(state, event)
     duplicate = delivery_id is None
     metrics.delivery("duplicate" if duplicate else "stored")
     _log_received(event, delivery_id)
-    if delivery_id is not None:
-        await run_in_threadpool(_enqueue, state, delivery_id)
     return {"received": True, "duplicate": duplicate}
 
 
@@ -102,27 +99,16 @@ def _log_received(event: dict[str, Any], delivery_id: int | None) -> None:
     )
 
 
-def _store(state: AppState, event: dict[str, Any]) -> int | None:
-    """Insert the delivery; None when its event id is stored already."""
+async def _store(state: AppState, event: dict[str, Any]) -> int | None:
+    """Store the delivery with the next group (and enqueue it); None when its event id
+    is stored already."""
     try:
-        return deliveries.store(state.metersync().engine, event, source="webhook")
+        values = deliveries.row(event, source="webhook")
     except ValueError as exc:  # not an event: no id, type or created
         raise BadRequest(str(exc), type="invalid_event") from None
+    try:
+        return await state.writer().store(values)
     except sa.exc.DataError as exc:  # e.g. an id too long for its column on PostgreSQL
         raise BadRequest(
             f"the event cannot be stored: {type(exc.orig).__name__}", type="invalid_event"
         ) from None
-
-
-def _enqueue(state: AppState, delivery_id: int) -> None:
-    """Hand the delivery to a worker. A failure here still answers 200: the row is
-    committed and is the outbox, and the scheduler's sweep enqueues deliveries left
-    ``received``. Answering an error would only make Stripe send a duplicate."""
-    try:
-        state.enqueue(delivery_id)
-    except Exception as exc:  # any broker failure; the sweep recovers the delivery
-        log.warning(
-            "webhook.enqueue_failed",
-            delivery_id=delivery_id,
-            error=f"{type(exc).__name__}: {str(exc)[:200]}",
-        )

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from adapter.errors import MetersyncError
 from config.settings import Settings
 from webhooks.errors import HttpError, Unavailable
+from webhooks.intake import GroupWriter
 
 if TYPE_CHECKING:
     import redis
@@ -42,6 +43,7 @@ class AppState:
         self._enqueue: Callable[[int], object] | None = enqueue
         self._handle: BrokerHandle | None = None
         self._redis: redis.Redis | None = None
+        self._writer: GroupWriter | None = None
         self._lock = threading.Lock()
         # Connecting may take seconds (an unreachable database): it has its own lock so
         # that health checks of Redis do not queue behind it.
@@ -73,6 +75,14 @@ class AppState:
                 if self._enqueue is None:
                     self._enqueue = self._broker_enqueue(ms)
         self._enqueue(delivery_id)
+
+    def writer(self) -> GroupWriter:
+        """The group writer that stores and enqueues verified deliveries."""
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = GroupWriter(lambda: self.metersync().engine, self.enqueue)
+        return self._writer
 
     def _broker_enqueue(self, ms: Metersync) -> Callable[[int], object]:
         """``process_webhook.send`` on the broker the settings name."""
