@@ -124,8 +124,10 @@ def _sqlite_upsert_statement() -> Any:
         set_={
             "events": _REPORTS.c.events,
             "window_end": sa.func.max(_REPORTS.c.window_end, insert.excluded.window_end),
-            "period_start": insert.excluded.period_start,
-            "period_end": insert.excluded.period_end,
+            # A writer whose copy of the periods predates the report's period (another
+            # process learned it first) must not take it away.
+            "period_start": sa.func.coalesce(insert.excluded.period_start, _REPORTS.c.period_start),
+            "period_end": sa.func.coalesce(insert.excluded.period_end, _REPORTS.c.period_end),
         },
     ).returning(
         *(

@@ -39,8 +39,8 @@ WITH dup AS (
     WHERE NOT EXISTS (SELECT 1 FROM dup)
     ON CONFLICT (account_id, meter_id, window_start) WHERE status = 'open' DO UPDATE SET
         window_end = GREATEST(r.window_end, EXCLUDED.window_end),
-        period_start = EXCLUDED.period_start,
-        period_end = EXCLUDED.period_end,
+        period_start = COALESCE(EXCLUDED.period_start, r.period_start),
+        period_end = COALESCE(EXCLUDED.period_end, r.period_end),
         total = r.total + EXCLUDED.total,
         events = r.events + 1,
         max_value = GREATEST(r.max_value, EXCLUDED.max_value),
@@ -173,6 +173,7 @@ FROM unnest(%(a)b::int[], %(m)b::int[], %(ws)b::timestamptz[], %(we)b::timestamp
 ORDER BY ord
 ON CONFLICT (account_id, meter_id, window_start) WHERE status = 'open'
     DO UPDATE SET events = r.events, window_end = GREATEST(r.window_end, EXCLUDED.window_end),
-        period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end
+        period_start = COALESCE(EXCLUDED.period_start, r.period_start),
+        period_end = COALESCE(EXCLUDED.period_end, r.period_end)
 RETURNING id, account_id, meter_id, window_start, total, events, max_value, last_value, last_at
 """

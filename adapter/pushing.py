@@ -26,11 +26,14 @@ import structlog
 from adapter import reporting
 from adapter.gateway import Gateway, PermanentError, TransientError
 from adapter.models import Account, Installation, Meter, UsageReport, table, utcnow
+from adapter.windows import period_containing
 
 _REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)
 _INSTALLATION = table(Installation)
 #: Statuses a push acts on.
 PUSHABLE = ("closed", "sending")
+#: Said of a report whose events all moved to reports of a billing period learned late.
+MOVED = "its events belong to a later billing period and moved to that period's reports"
 log = structlog.get_logger("metersync.push")
 
 
@@ -133,6 +136,11 @@ class Pusher:
         outcome if no call is needed, and the report as it now stands."""
         if row.free:
             return _finish(conn, row, "skipped_free", now=now), row
+        if row.identifier is None and row.period_start is None:
+            settled = _settle_period(conn, row)
+            if settled is None:
+                return _result(row, "moved", error=MOVED), row
+            row = settled
         changes: dict[str, Any] = {"status": "sending", "attempted_at": now}
         if row.identifier is None:
             try:
@@ -273,6 +281,44 @@ def _load(conn: sa.Connection, report_id: int) -> Any:
         .with_for_update(of=_REPORTS)
     )
     return conn.execute(query).one()
+
+
+def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
+    """A report recorded with no billing period, checked against the periods stored now.
+
+    A process records with a copy of the periods that may predate a renewal the mirror has
+    just stored, so a report of the new period can arrive here without one. Deciding it
+    so would carry its fraction apart from the rest of the period, and a fraction left
+    there is never rounded in: units lost. So, before the decision and under the same
+    (account, meter) lock: events past a stored boundary move to the open report of the
+    period they belong to, and the report joins the period that holds its window. Returns
+    the report as it now stands, or ``None`` when all its events moved (it is deleted).
+    """
+    from webhooks.mirror import recut  # the mirror's re-cut works on adapter tables only
+
+    periods = recut.known_periods(conn, row.account_id)
+    if not periods:
+        return row
+    if conn.dialect.name == "postgresql":  # the lock _decide takes; taken twice, held once
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:a, :m)"),
+            {"a": row.account_id, "m": row.meter_id},
+        )
+    cut = recut.cut_at_boundaries(conn, row, periods)
+    if cut.emptied:
+        log.info("report.moved", report_id=row.id, to=list(cut.targets))
+        return None
+    period = period_containing(row.window_start, periods)
+    if period is not None and cut.window_end <= period[1]:
+        conn.execute(
+            _REPORTS.update()
+            .where(_REPORTS.c.id == row.id)
+            .values(period_start=period[0], period_end=period[1])
+        )
+        log.info("report.period_found", report_id=row.id, period_start=period[0].isoformat())
+    elif not cut.targets:
+        return row
+    return _load(conn, row.id)
 
 
 def _history(conn: sa.Connection, row: Any) -> list[Any]:
