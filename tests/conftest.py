@@ -12,6 +12,7 @@ from typing import NoReturn
 
 import hypothesis
 import pytest
+import responses
 import sqlalchemy as sa
 
 import adapter
@@ -99,3 +100,10 @@ def ms(db_url: str) -> Iterator[Metersync]:
     client.meters.upsert("seats", aggregation="last")
     yield client
     client.close()
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[responses.RequestsMock]:
+    """Intercepts every HTTP call; a call nothing was registered for fails."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock

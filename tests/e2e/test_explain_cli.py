@@ -4,16 +4,12 @@ invoice, flushed and linked by the mirror's effects, shown line by line."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import structlog
-import time_machine
 from typer.testing import CliRunner, Result
 
 import adapter
@@ -21,26 +17,12 @@ from adapter.cli import app
 from adapter.models import UsageReport, table
 from config.settings import Settings
 from tests.e2e.helpers import row
-from tests.integration.test_effects import draft, hour, link_meter, mirror_invoice, record
+from tests.mirror_helpers import draft, hour, link_meter, mirror_invoice, record
 
+#: The clock stands still at :data:`tests.e2e.helpers.NOW`; log events stay out of stdout.
+pytestmark = pytest.mark.usefixtures("frozen", "logs")
 runner = CliRunner()
 _REPORTS = table(UsageReport)
-#: The clock of every test here.
-NOW = datetime(2026, 3, 4, 10, 7, 30, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def frozen() -> Iterator[None]:
-    """The clock stands still at :data:`NOW`, so windows and times are known."""
-    with time_machine.travel(NOW, tick=False):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Log events stay out of stdout (in-process, the CLI's logging is not configured)."""
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 def cli(url: str, *args: str) -> Result:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,12 @@ from typer.testing import CliRunner, Result
 import adapter
 from adapter.cli import app
 from config.settings import Settings
+from tests import stripe_events as se
 from tests.e2e.helpers import row
 
 runner = CliRunner()
 METERS_URL = "https://api.stripe.com/v1/billing/meters"
 KEY = "sk_test_metersync_meters_check"
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[responses.RequestsMock]:
-    """Intercepts every HTTP call; a call nothing was registered for fails the test."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture
@@ -43,30 +36,12 @@ def url(tmp_path: Path) -> str:
 
 
 def stripe_meter(
-    event_name: str,
-    formula: str = "sum",
-    *,
-    id: str | None = None,
-    status: str = "active",
-    customer_key: str = "stripe_customer_id",
-    value_key: str = "value",
+    event_name: str, formula: str = "sum", *, id: str | None = None, **fields: Any
 ) -> dict[str, Any]:
-    """A billing meter as Stripe's API returns it (stripe/billing/_meter.py)."""
-    return {
-        "id": id or f"mtr_{event_name}",
-        "object": "billing.meter",
-        "created": 1767225600,
-        "customer_mapping": {"event_payload_key": customer_key, "type": "by_id"},
-        "default_aggregation": {"formula": formula},
-        "display_name": event_name.replace("_", " ").title(),
-        "event_name": event_name,
-        "event_time_window": None,
-        "livemode": False,
-        "status": status,
-        "status_transitions": {"deactivated_at": None if status == "active" else 1767312000},
-        "updated": 1767225600,
-        "value_settings": {"event_payload_key": value_key},
-    }
+    """A billing meter as Stripe's API returns it, named ``mtr_<event_name>`` unless
+    ``id`` is given; ``fields`` are :func:`tests.stripe_events.meter`'s other options."""
+    meter_id = id or f"mtr_{event_name}"
+    return se.meter(meter_id, event_name=event_name, formula=formula, created=se.T0, **fields)
 
 
 def listing(*meters: dict[str, Any], has_more: bool = False) -> dict[str, Any]:

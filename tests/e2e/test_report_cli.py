@@ -4,16 +4,13 @@ SQLite files, with Stripe's meter events API intercepted by ``responses``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, MutableMapping
-from datetime import UTC, datetime
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 import responses
-import structlog
-import time_machine
 from typer.testing import CliRunner, Result
 
 import adapter
@@ -21,38 +18,18 @@ from adapter.cli import app
 from adapter.cli.reports import ReportStatus
 from adapter.report_list import STATUSES
 from config.settings import Settings
-from tests.e2e.helpers import row
+from tests.e2e.helpers import NOW, row
+from tests.gateways import EVENTS_URL, accept_meter_event
 
+#: The clock stands still at NOW (inside the report window from 10:00 to 11:00 UTC), log
+#: events stay out of stdout, and every HTTP call is intercepted: a call nothing was
+#: registered for fails the command.
+pytestmark = pytest.mark.usefixtures("frozen", "logs", "stripe_api")
 runner = CliRunner()
-EVENTS_URL = "https://api.stripe.com/v1/billing/meter_events"
 #: A test-mode key: the gateway is built, and every call it makes is intercepted.
 TEST_KEY = {"METERSYNC_STRIPE_API_KEY": "sk_test_metersync_report_cli"}
-#: The clock of every test here: inside the report window from 10:00 to 11:00 UTC.
-NOW = datetime(2026, 3, 4, 10, 7, 30, tzinfo=UTC)
 #: Where the reports of that window are sent: the latest second not after NOW.
 SENT_AT = "2026-03-04T10:07:30"
-
-
-@pytest.fixture(autouse=True)
-def frozen() -> Iterator[None]:
-    """The clock stands still at :data:`NOW`, so windows and timestamps are known."""
-    with time_machine.travel(NOW, tick=False):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """The log events of the test. Captured because in-process the CLI's logging is not
-    configured, and structlog's default would print them into the JSON on stdout."""
-    with structlog.testing.capture_logs() as captured:
-        yield captured
-
-
-@pytest.fixture(autouse=True)
-def stripe_api() -> Iterator[responses.RequestsMock]:
-    """Intercepts every HTTP call; a call nothing was registered for fails the command."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture
@@ -96,17 +73,10 @@ def error_line(result: Result) -> str:
     return lines[0]
 
 
-def echo_event(request: Any) -> tuple[int, dict[str, str], str]:
-    """Stripe's answer to a meter event it accepted."""
-    body = parse_qs(request.body)
-    event = {"object": "billing.meter_event", "identifier": body["identifier"][0]}
-    return 200, {"Request-Id": "req_ok"}, json.dumps(event)
-
-
 def refuse_api_calls(request: Any) -> tuple[int, dict[str, str], str]:
     """Stripe refusing the api_calls event as an invalid value, accepting the others."""
     if parse_qs(request.body)["event_name"] != ["api_calls"]:
-        return echo_event(request)
+        return accept_meter_event(request)
     error = {
         "type": "invalid_request_error",
         "message": "Invalid value for payload[value]: must be a whole number.",
@@ -240,7 +210,7 @@ def test_report_now_with_nothing_to_report(url: str) -> None:
 
 def test_report_now_sends_to_stripe(recorded: str, stripe_api: responses.RequestsMock) -> None:
     """With a test key, report now posts one meter event per paid report and marks it sent."""
-    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=echo_event)
+    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=accept_meter_event)
     result = cli(recorded, "report", "now", env=TEST_KEY)
     assert result.exit_code == 0, result.output
     assert "Meter events pushed to Stripe" in result.stdout
@@ -284,7 +254,7 @@ def test_stripe_refusal_fails_the_report_and_exits_1(
     ]
     first_identifier = sent_bodies(stripe_api)[0]["identifier"]
     stripe_api.remove(responses.POST, EVENTS_URL)
-    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=echo_event)
+    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=accept_meter_event)
     retried = cli(recorded, "retry", "1", "--json", env=TEST_KEY)
     assert retried.exit_code == 0, retried.output
     data = json.loads(retried.stdout)
@@ -334,7 +304,7 @@ def test_demo_dry_run_push(tmp_path: Path, stripe_api: responses.RequestsMock) -
 def test_demo_sends_in_test_mode(tmp_path: Path, stripe_api: responses.RequestsMock) -> None:
     """With a test key and --stripe-customer, the demo sends both events and the usage
     table then shows them sent, nothing pending."""
-    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=echo_event)
+    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=accept_meter_event)
     result, url = demo(tmp_path, "--stripe-customer", "cus_demo", env=TEST_KEY)
     assert result.exit_code == 0, result.output
     assert "billed to Stripe customer cus_demo" in result.stdout

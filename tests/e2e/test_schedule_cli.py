@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import time_machine
 from typer.testing import CliRunner, Result
 
 import adapter
@@ -17,24 +14,17 @@ from adapter.cli import app
 from adapter.schedule_store import ScheduleChange, ScheduleState
 from config.settings import Settings
 
+#: The clock stands still at :data:`tests.e2e.helpers.NOW`, so ticks and times are known.
+pytestmark = pytest.mark.usefixtures("frozen")
 runner = CliRunner()
 #: Every accepted form, as the help texts must name them.
 FORMS = ["'every 30s'", "'every 15m'", "'every 1h'", "'every 1d'", "5-field cron"]
-#: The clock of every test here: a little after 10:07 UTC.
-NOW = datetime(2026, 3, 4, 10, 7, 30, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
 def os_user_alice(monkeypatch: pytest.MonkeyPatch) -> None:
     """The OS user is ``alice`` (the audit log's actor is ``cli:alice``)."""
     monkeypatch.setattr(getpass, "getuser", lambda: "alice")
-
-
-@pytest.fixture(autouse=True)
-def frozen() -> Iterator[None]:
-    """The clock stands still at :data:`NOW`, so that ticks and times are known."""
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 @pytest.fixture

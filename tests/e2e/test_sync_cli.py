@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 import pytest
 import responses
 import sqlalchemy as sa
-import structlog
 from typer.testing import CliRunner, Result
 
 import adapter
@@ -23,8 +21,10 @@ from adapter.cli import app
 from adapter.cli.sync import NO_KEY
 from config.settings import Settings
 from tests import stripe_events as se
-from tests.e2e.helpers import row
+from tests.e2e.helpers import error_line, row
+from tests.stripe_lists import StripeLists, error
 
+pytestmark = pytest.mark.usefixtures("logs")
 runner = CliRunner()
 #: Loopback and closed: should ``responses`` ever miss a call, it goes nowhere.
 BASE = "http://127.0.0.1:1"
@@ -42,67 +42,10 @@ FILLED = {
 }
 
 
-class FakeStripe:
-    """Stripe's list endpoints over in-memory objects, newest first, ``size`` per page.
-    ``fail[(path, starting_after)]`` answers that page once with an error."""
-
-    PATHS: ClassVar[dict[str, str]] = {
-        "/v1/billing/meters": "meters",
-        "/v1/prices": "prices",
-        "/v1/customers": "customers",
-        "/v1/subscriptions": "subscriptions",
-        "/v1/invoices": "invoices",
-        "/v1/events": "events",
-    }
-
-    def __init__(self, http: responses.RequestsMock, *, size: int = 2) -> None:
-        self.objects: dict[str, list[dict[str, Any]]] = {r: [] for r in self.PATHS.values()}
-        self.size = size
-        self.fail: dict[tuple[str, str | None], tuple[int, str]] = {}
-        #: (resource, starting_after) of every request, in order.
-        self.requests: list[tuple[str, str | None]] = []
-        #: The Authorization header of every request.
-        self.auth: list[str | None] = []
-        for path in self.PATHS:
-            http.add_callback(responses.GET, f"{BASE}{path}", callback=self._answer)
-
-    def _answer(self, request: Any) -> tuple[int, dict[str, str], str]:
-        url = urlsplit(request.url)
-        resource = self.PATHS[url.path]
-        after = parse_qs(url.query).get("starting_after", [None])[0]
-        self.requests.append((resource, after))
-        self.auth.append(request.headers.get("Authorization"))
-        headers = {"Request-Id": f"req_e2e_{len(self.requests)}"}
-        if (resource, after) in self.fail:
-            status, message = self.fail.pop((resource, after))
-            error = {"type": "invalid_request_error", "message": message}
-            return status, headers, json.dumps({"error": error})
-        objects = self.objects[resource]
-        start = next(i + 1 for i, o in enumerate(objects) if o["id"] == after) if after else 0
-        page = objects[start : start + self.size]
-        more = start + self.size < len(objects)
-        body = {"object": "list", "url": url.path, "data": page, "has_more": more}
-        return 200, headers, json.dumps(body)
-
-
-@pytest.fixture(autouse=True)
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """The log events of the test, kept out of stdout so --json stays parseable."""
-    with structlog.testing.capture_logs() as captured:
-        yield captured
-
-
 @pytest.fixture
-def http() -> Iterator[responses.RequestsMock]:
-    """Intercepts every HTTP call; one nothing was registered for fails."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def stripe(http: responses.RequestsMock) -> FakeStripe:
+def stripe(stripe_api: responses.RequestsMock) -> StripeLists:
     """Stripe's lists, empty until a test fills them."""
-    return FakeStripe(http)
+    return StripeLists(stripe_api, base=BASE, request_ids="req_e2e_")
 
 
 @pytest.fixture
@@ -117,14 +60,6 @@ def cli(url: str, *args: str, env: dict[str, str] | None = None) -> Result:
     return runner.invoke(app, ["--database-url", url, *args], env=env)
 
 
-def error_line(result: Result) -> str:
-    """The single ``error: …`` line a failed command printed on stderr, no traceback."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return errors[0]
-
-
 def assert_no_key(result: Result, logs: list[MutableMapping[str, Any]]) -> None:
     """The key's secret part is in nothing the command printed or logged."""
     secret = KEY.removeprefix("sk_test_")
@@ -132,35 +67,31 @@ def assert_no_key(result: Result, logs: list[MutableMapping[str, Any]]) -> None:
     assert secret not in json.dumps(logs, default=str)
 
 
-def ids(url: str, table_name: str) -> set[str]:
-    """The ids in one mirror table."""
+def query(url: str, sql: str) -> list[sa.Row[Any]]:
+    """The rows one SQL statement returns from the database at ``url``."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            return set(conn.execute(sa.text(f"SELECT id FROM {table_name}")).scalars())
+            return list(conn.execute(sa.text(sql)))
     finally:
         engine.dispose()
+
+
+def ids(url: str, table_name: str) -> set[str]:
+    """The ids in one mirror table."""
+    return {obj_id for (obj_id,) in query(url, f"SELECT id FROM {table_name}")}
 
 
 def count(url: str, table_name: str) -> int:
     """How many rows one table holds."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text(f"SELECT count(*) FROM {table_name}")).scalar_one())
-    finally:
-        engine.dispose()
+    ((found,),) = query(url, f"SELECT count(*) FROM {table_name}")
+    return int(found)
 
 
 def linked(url: str) -> dict[str, str | None]:
     """Account name → Stripe customer id."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT name, stripe_customer_id FROM account"))
-            return {name: customer for name, customer in rows}
-    finally:
-        engine.dispose()
+    rows = query(url, "SELECT name, stripe_customer_id FROM account")
+    return {name: customer for name, customer in rows}
 
 
 def current_period() -> tuple[int, int]:
@@ -169,7 +100,7 @@ def current_period() -> tuple[int, int]:
     return now - 10 * se.DAY, now + 20 * se.DAY
 
 
-def fill(stripe: FakeStripe) -> None:
+def fill(stripe: StripeLists) -> None:
     """One meter and price; three customers (two pages) naming their accounts; two
     subscriptions, one in each API shape; one paid invoice."""
     period = current_period()
@@ -205,7 +136,7 @@ def fill(stripe: FakeStripe) -> None:
 @pytest.mark.parametrize("args", [[], ["--events"], ["--only", "customers", "--json"]])
 def test_without_a_key_sync_fails_and_changes_nothing(
     url: str,
-    http: responses.RequestsMock,
+    stripe_api: responses.RequestsMock,
     logs: list[MutableMapping[str, Any]],
     args: list[str],
 ) -> None:
@@ -222,7 +153,7 @@ def test_without_a_key_sync_fails_and_changes_nothing(
     assert error_line(result) == f"error: {NO_KEY}"
     assert result.stdout == ""
     assert not any(secret in result.output for secret in secrets)
-    assert len(http.calls) == 0
+    assert len(stripe_api.calls) == 0
     for table_name in ("sync_state", "webhook_delivery", *FILLED):
         assert count(url, table_name) == 0, table_name
 
@@ -253,7 +184,7 @@ def test_placeholder_key_is_refused_without_echoing_it(tmp_path: Path) -> None:
 
 
 def test_sync_fills_the_mirror_and_shows_a_summary(
-    url: str, stripe: FakeStripe, logs: list[MutableMapping[str, Any]]
+    url: str, stripe: StripeLists, logs: list[MutableMapping[str, Any]]
 ) -> None:
     """Every resource is read in dependency order with the key, one table row each with
     its counts; every object lands in its mirror table and customers link accounts."""
@@ -277,7 +208,7 @@ def test_sync_fills_the_mirror_and_shows_a_summary(
     assert_no_key(result, logs)
 
 
-def test_sync_only_customers(url: str, stripe: FakeStripe) -> None:
+def test_sync_only_customers(url: str, stripe: StripeLists) -> None:
     """--only customers reads that list alone; the table has that one row."""
     fill(stripe)
     result = cli(url, "sync", "--only", "customers", env=WITH_KEY)
@@ -289,7 +220,7 @@ def test_sync_only_customers(url: str, stripe: FakeStripe) -> None:
     assert count(url, "stripe_meter") == count(url, "subscription") == 0
 
 
-def test_sync_json(url: str, stripe: FakeStripe) -> None:
+def test_sync_json(url: str, stripe: StripeLists) -> None:
     """--json prints only the summary, as JSON: each resource with its counts, pages and
     completion, and nothing pushed."""
     fill(stripe)
@@ -310,12 +241,12 @@ def test_sync_json(url: str, stripe: FakeStripe) -> None:
 
 
 def test_stripe_401_stops_the_sync_without_showing_the_key(
-    url: str, stripe: FakeStripe, logs: list[MutableMapping[str, Any]]
+    url: str, stripe: StripeLists, logs: list[MutableMapping[str, Any]]
 ) -> None:
     """Stripe refusing the key (its message quoting the key) stops the sync at once: exit 1,
     one line with Stripe's message and request id, the key masked; nothing is mirrored."""
     fill(stripe)
-    stripe.fail[("meters", None)] = (401, f"Invalid API Key provided: {KEY}")
+    stripe.fail[("meters", None)] = error(401, f"Invalid API Key provided: {KEY}")
     result = cli(url, "sync", env=WITH_KEY)
     assert result.exit_code == 1
     line = error_line(result)
@@ -329,12 +260,12 @@ def test_stripe_401_stops_the_sync_without_showing_the_key(
 
 
 def test_stripe_400_mid_sync_keeps_finished_pages_and_resumes(
-    url: str, stripe: FakeStripe, logs: list[MutableMapping[str, Any]]
+    url: str, stripe: StripeLists, logs: list[MutableMapping[str, Any]]
 ) -> None:
     """A 400 on the second page of customers: exit 1 with Stripe's message and request id,
     the summary so far printed, the first page kept; the next run resumes after it."""
     fill(stripe)
-    stripe.fail[("customers", "cus_2")] = (400, "Something is wrong with this request.")
+    stripe.fail[("customers", "cus_2")] = error(400, "Something is wrong with this request.")
     result = cli(url, "sync", env=WITH_KEY)
     assert result.exit_code == 1
     line = error_line(result)
@@ -358,7 +289,7 @@ def test_stripe_400_mid_sync_keeps_finished_pages_and_resumes(
 # --- events ----------------------------------------------------------------------------------
 
 
-def test_sync_events_stores_and_applies_them(url: str, stripe: FakeStripe) -> None:
+def test_sync_events_stores_and_applies_them(url: str, stripe: StripeLists) -> None:
     """--events stores each event Stripe lists as a ``sync`` delivery and applies them
     oldest first (a customer, then its subscription; a charge is ignored); a second run
     stores and applies nothing new."""
@@ -394,7 +325,7 @@ def test_sync_events_stores_and_applies_them(url: str, stripe: FakeStripe) -> No
     assert (events["resource"], events["new"], events["statuses"]) == ("events", 0, {})
 
 
-def test_events_and_only_do_not_mix(url: str, stripe: FakeStripe) -> None:
+def test_events_and_only_do_not_mix(url: str, stripe: StripeLists) -> None:
     """--only applies to object sync: with --events it is a usage error and nothing is read."""
     result = cli(url, "sync", "--events", "--only", "customers", env=WITH_KEY)
     assert result.exit_code == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import responses
 import sqlalchemy as sa
-import structlog
 from typer.testing import CliRunner, Result
 
 from adapter.cli import app
@@ -23,11 +22,12 @@ from adapter.client import Metersync
 from adapter.mirror_models import StripeCustomer, WebhookDelivery
 from adapter.models import table
 from tests import stripe_events as se
-from tests.e2e.helpers import row
+from tests.e2e.helpers import error_line, row
 from webhooks import deliveries
 from webhooks.mirror import process, router
 from webhooks.mirror.context import Apply
 
+pytestmark = pytest.mark.usefixtures("logs")
 runner = CliRunner()
 _DELIVERIES, _CUSTOMERS = table(WebhookDelivery), table(StripeCustomer)
 #: What a handler bug says; kept on the delivery as ``RuntimeError: handler bug``.
@@ -35,31 +35,15 @@ BUG = "handler bug"
 
 
 @pytest.fixture(autouse=True)
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Log events stay out of stdout (in-process, the CLI's logging is not configured)."""
-    with structlog.testing.capture_logs() as captured:
-        yield captured
-
-
-@pytest.fixture(autouse=True)
-def stripe_api() -> Iterator[responses.RequestsMock]:
+def no_stripe_calls(stripe_api: responses.RequestsMock) -> Iterator[None]:
     """Intercepts every HTTP call: with no key configured, none may be made."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-        assert len(mock.calls) == 0
+    yield
+    assert len(stripe_api.calls) == 0
 
 
 def cli(url: str, *args: str) -> Result:
     """Run ``metersync --database-url URL ARGS…`` in-process."""
     return runner.invoke(app, ["--database-url", url, *args])
-
-
-def error_line(result: Result) -> str:
-    """The single ``error: …`` line a failed command printed on stderr, no traceback."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return errors[0]
 
 
 def first_cells(output: str) -> list[str]:

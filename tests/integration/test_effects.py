@@ -8,7 +8,6 @@ pushed through a real gateway whose HTTP calls ``responses`` intercepts.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,47 +20,34 @@ from uuid import uuid4
 import pytest
 import responses
 import sqlalchemy as sa
-import stripe
 import structlog
-import tenacity
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import adapter
 from adapter.aggregation import Aggregate
 from adapter.client import Metersync
-from adapter.gateway import Gateway
-from adapter.mirror_models import (
-    Invoice,
-    InvoiceLine,
-    InvoiceReport,
-    Price,
-    StripeCustomer,
-    StripeMeter,
-    Subscription,
-    SubscriptionItem,
-    WebhookDelivery,
-)
-from adapter.models import BillingPeriod, Meter, UsageEvent, UsageReport, table
+from adapter.mirror_models import Invoice, InvoiceReport, Price
+from adapter.models import BillingPeriod, UsageEvent, UsageReport, table
 from adapter.pushing import close_reports
 from config.settings import Settings
-from webhooks.mirror.context import Apply
-from webhooks.mirror.effects import invoice_drafted, link_invoice, period_started
-
-EVENTS_URL = "https://api.stripe.com/v1/billing/meter_events"
-_REPORTS, _EVENTS, _PERIODS = table(UsageReport), table(UsageEvent), table(BillingPeriod)
-_INVOICES, _LINES, _LINKS = table(Invoice), table(InvoiceLine), table(InvoiceReport)
-MIRROR_TABLES = (
-    Invoice,
-    InvoiceLine,
-    InvoiceReport,
-    Price,
-    StripeCustomer,
-    StripeMeter,
-    Subscription,
-    SubscriptionItem,
-    WebhookDelivery,
+from tests.gateways import EVENTS_URL, accept_meter_event, make_gateway
+from tests.mirror_helpers import (
+    account_id,
+    clear_mirror,
+    draft,
+    hour,
+    link_meter,
+    mirror_invoice,
+    mirror_stripe_meter,
+    record,
+    report_at,
 )
+from webhooks.mirror.context import Apply
+from webhooks.mirror.effects import link_invoice, period_started
+
+_REPORTS, _EVENTS, _PERIODS = table(UsageReport), table(UsageEvent), table(BillingPeriod)
+_INVOICES, _LINKS = table(Invoice), table(InvoiceReport)
 MONTH = timedelta(days=30)
 #: Quantities recorded before (old) and after (new) the boundary, minutes from the hour H.
 OLD = ((-55, 2), (10, 9), (20, 4))
@@ -71,51 +57,24 @@ NEW = ((40, 5), (50, 8), (65, 7))
 # --- fixtures and helpers -------------------------------------------------------------------
 
 
-def hour(ago: int) -> datetime:
-    """The start of the UTC hour ``ago`` hours back from the current one."""
-    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=ago)
-
-
-def clean_mirror(engine: sa.Engine) -> None:
-    """Empty the mirror tables (the shared PostgreSQL test database keeps them)."""
-    with engine.begin() as conn:
-        for model in MIRROR_TABLES:
-            conn.execute(table(model).delete())
-
-
 @pytest.fixture(autouse=True)
 def _empty_mirror(ms: Metersync) -> None:
     """Every test starts with empty mirror tables."""
-    clean_mirror(ms.engine)
-
-
-def gateway() -> Gateway:
-    """A Stripe gateway with no retries and no waits; its HTTP calls are intercepted."""
-    client = stripe.StripeClient(
-        "sk_test_metersync_effects", http_client=stripe.RequestsClient(), max_network_retries=0
-    )
-    return Gateway(client=client, attempts=1, wait=tenacity.wait_none(), sleep=lambda _s: None)
-
-
-def accept(request: Any) -> tuple[int, dict[str, str], str]:
-    """Stripe accepting a meter event."""
-    body = parse_qs(request.body)
-    answer = {"object": "billing.meter_event", "identifier": body["identifier"][0]}
-    return 200, {"Request-Id": "req_ok"}, json.dumps(answer)
+    clear_mirror(ms.engine)
 
 
 @pytest.fixture
-def stripe_api() -> Iterator[responses.RequestsMock]:
+def stripe_api(stripe_api: responses.RequestsMock) -> responses.RequestsMock:
     """Stripe's meter events endpoint, accepting everything."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_callback(responses.POST, EVENTS_URL, callback=accept)
-        yield mock
+    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=accept_meter_event)
+    return stripe_api
 
 
 @pytest.fixture
 def live(ms: Metersync, db_url: str, stripe_api: responses.RequestsMock) -> Iterator[Metersync]:
     """The ``ms`` database, through a client that pushes to (intercepted) Stripe."""
-    client = adapter.connect(Settings(database_url=db_url, auto_migrate=True), gateway=gateway())
+    settings = Settings(database_url=db_url, auto_migrate=True)
+    client = adapter.connect(settings, gateway=make_gateway(attempts=1))
     yield client
     client.close()
 
@@ -146,11 +105,6 @@ def sent(mock: responses.RequestsMock) -> list[Sent]:
             )
         )
     return found
-
-
-def account_id(ms: Metersync, name: str = "acct_1") -> int:
-    """The id of a local account."""
-    return ms.accounts.get(name).id
 
 
 def start_period(
@@ -202,39 +156,6 @@ def assert_consistent(ms: Metersync) -> None:
             [(e.quantity, e.occurred_at) for e in evs]
         ), report
         assert all(report.window_start <= e.occurred_at < report.window_end for e in evs)
-
-
-def report_at(ms: Metersync, meter: str, at: datetime) -> Any:
-    """The report of ``meter`` (acct_1) whose window holds ``at``."""
-    meter_id = _meter_id(ms, meter)
-    query = (
-        sa.select(_REPORTS)
-        .where(_REPORTS.c.meter_id == meter_id)
-        .where(_REPORTS.c.window_start <= at, _REPORTS.c.window_end > at)
-    )
-    with ms.engine.connect() as conn:
-        return conn.execute(query).one()
-
-
-def _meter_id(ms: Metersync, name: str) -> int:
-    return ms.meters.get(name).id
-
-
-def link_meter(ms: Metersync, name: str, stripe_meter_id: str) -> None:
-    """Give a local meter its Stripe meter id, as ``metersync meters check`` would."""
-    with ms.engine.begin() as conn:
-        conn.execute(
-            table(Meter)
-            .update()
-            .where(table(Meter).c.name == name)
-            .values(stripe_meter_id=stripe_meter_id)
-        )
-
-
-def record(ms: Metersync, meter: str, base: datetime, plan: Any, account: str = "acct_1") -> None:
-    """Record (minutes after ``base``, quantity) pairs on one meter."""
-    for minutes, quantity in plan:
-        ms.increment(account, quantity, meter=meter, timestamp=base + timedelta(minutes=minutes))
 
 
 # --- period_started: re-cut, periods, close ----------------------------------------------
@@ -499,44 +420,6 @@ def test_increments_racing_the_recut_are_counted_once(ms: Metersync) -> None:
 # --- invoice_drafted: final flush and links -----------------------------------------------
 
 
-def mirror_invoice(
-    ms: Metersync,
-    *,
-    period: tuple[datetime, datetime],
-    lines: list[dict[str, Any]],
-    invoice_id: str = "in_1",
-    status: str = "draft",
-    created: datetime | None = None,
-) -> None:
-    """Store a mirrored invoice of cus_123 with its lines, as the mirror would."""
-    with ms.engine.begin() as conn:
-        conn.execute(_INVOICES.delete().where(_INVOICES.c.id == invoice_id))
-        conn.execute(_LINES.delete().where(_LINES.c.invoice_id == invoice_id))
-        conn.execute(
-            _INVOICES.insert().values(
-                id=invoice_id,
-                customer_id="cus_123",
-                status=status,
-                billing_reason="subscription_cycle",
-                period_start=period[0],
-                period_end=period[1],
-                created=created or period[1],
-                meta={},
-            )
-        )
-        for line in lines:
-            values = {"period_start": period[0], "period_end": period[1], **line}
-            conn.execute(_LINES.insert().values(invoice_id=invoice_id, **values))
-
-
-def draft(ms: Metersync, invoice_id: str = "in_1") -> list[int]:
-    """Apply :func:`invoice_drafted` in one transaction; return the reports it queued."""
-    with ms.engine.begin() as conn:
-        ctx = Apply(ms=ms, conn=conn, event_id="evt_2", event_at=datetime.now(UTC))
-        invoice_drafted(ctx, invoice_id=invoice_id)
-    return ctx.to_push
-
-
 def links(ms: Metersync) -> list[tuple[str, int]]:
     """(line id, report id) of every invoice link."""
     with ms.engine.connect() as conn:
@@ -551,12 +434,8 @@ def test_draft_cycle_invoice_flushes_and_links(ms: Metersync) -> None:
     h = hour(5)
     period = (h - timedelta(hours=2), h + timedelta(hours=2))
     link_meter(ms, "api_calls", "mtr_calls")
+    mirror_stripe_meter(ms, "mtr_peak", event_name="peak")
     with ms.engine.begin() as conn:
-        conn.execute(
-            table(StripeMeter)
-            .insert()
-            .values(id="mtr_peak", event_name="peak", status="active", meta={})
-        )
         conn.execute(
             table(Price).insert().values(id="price_peak", stripe_meter_id="mtr_peak", meta={})
         )

@@ -21,21 +21,11 @@ from adapter.explain import (
     explain_invoice,
     sent_total,
 )
-from adapter.mirror_models import Invoice, InvoiceLine, StripeMeter
+from adapter.mirror_models import Invoice, InvoiceLine
 from adapter.models import UsageReport, table
 from config.settings import Settings
-from tests.integration.test_effects import (
-    EVENTS_URL,
-    accept,
-    clean_mirror,
-    draft,
-    gateway,
-    hour,
-    link_meter,
-    mirror_invoice,
-    record,
-    report_at,
-)
+from tests import mirror_helpers as mh
+from tests.gateways import EVENTS_URL, accept_meter_event, make_gateway
 from webhooks.mirror.linking import link_invoice
 
 _LINES, _INVOICES, _REPORTS = table(InvoiceLine), table(Invoice), table(UsageReport)
@@ -44,17 +34,17 @@ _LINES, _INVOICES, _REPORTS = table(InvoiceLine), table(Invoice), table(UsageRep
 @pytest.fixture(autouse=True)
 def _empty_mirror(ms: Metersync) -> None:
     """Every test starts with empty mirror tables."""
-    clean_mirror(ms.engine)
+    mh.clear_mirror(ms.engine)
 
 
 @pytest.fixture
-def live(ms: Metersync, db_url: str) -> Iterator[Metersync]:
+def live(ms: Metersync, db_url: str, stripe_api: responses.RequestsMock) -> Iterator[Metersync]:
     """The ``ms`` database through a client pushing to Stripe, whose meter events
     endpoint (intercepted) accepts everything."""
-    client = adapter.connect(Settings(database_url=db_url, auto_migrate=True), gateway=gateway())
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_callback(responses.POST, EVENTS_URL, callback=accept)
-        yield client
+    stripe_api.add_callback(responses.POST, EVENTS_URL, callback=accept_meter_event)
+    settings = Settings(database_url=db_url, auto_migrate=True)
+    client = adapter.connect(settings, gateway=make_gateway(attempts=1))
+    yield client
     client.close()
 
 
@@ -63,18 +53,13 @@ def billed(live: Metersync) -> tuple[datetime, datetime]:
     """acct_1 used 2 + 3 api_calls (mtr_calls) and peaked at 4 then 6 (mtr_peak, a
     ``last`` meter) in two hourly windows of a period; a draft cycle invoice for it was
     flushed and linked, and every report pushed. Returns the period."""
-    h = hour(5)
+    h = mh.hour(5)
     period = (h - timedelta(hours=1), h + timedelta(hours=2))
-    link_meter(live, "api_calls", "mtr_calls")
-    with live.engine.begin() as conn:
-        conn.execute(
-            table(StripeMeter)
-            .insert()
-            .values(id="mtr_peak", event_name="peak", status="active", formula="last", meta={})
-        )
-    record(live, "api_calls", h, ((10, 2), (70, 3)))
-    record(live, "peak", h, ((15, 4), (75, 6)))
-    mirror_invoice(
+    mh.link_meter(live, "api_calls", "mtr_calls")
+    mh.mirror_stripe_meter(live, "mtr_peak", event_name="peak", formula="last")
+    mh.record(live, "api_calls", h, ((10, 2), (70, 3)))
+    mh.record(live, "peak", h, ((15, 4), (75, 6)))
+    mh.mirror_invoice(
         live,
         period=period,
         created=datetime.now(UTC),
@@ -85,7 +70,7 @@ def billed(live: Metersync) -> tuple[datetime, datetime]:
             {"id": "il_fee", "quantity": Decimal(1)},
         ],
     )
-    draft(live)
+    mh.draft(live)
     live.report_now()
     return period
 
@@ -124,8 +109,8 @@ def test_disagreeing_lines_say_why(live: Metersync, billed: tuple[datetime, date
     a report not sent yet, no local meter for the Stripe meter."""
     set_quantity(live, "il_calls", Decimal(9))
     set_quantity(live, "il_seats", Decimal(2))
-    h = hour(5)
-    record(live, "peak", h, ((100, 8),))
+    h = mh.hour(5)
+    mh.record(live, "peak", h, ((100, 8),))
     live.report_now()  # sends 8: Stripe billed 6, so metersync sent more
     calls, peak, seats = explain_invoice(live.engine, "in_1").lines
     assert (calls.agree, calls.sent) == (False, 5)
@@ -138,7 +123,7 @@ def test_disagreeing_lines_say_why(live: Metersync, billed: tuple[datetime, date
     _, peak, _ = explain_invoice(live.engine, "in_1").lines
     assert (peak.sent, peak.agree) == (8, False)
     assert peak.reason == "metersync sent 2 more than Stripe billed for this line"
-    report = report_at(live, "api_calls", h + timedelta(minutes=10))
+    report = mh.report_at(live, "api_calls", h + timedelta(minutes=10))
     with live.engine.begin() as conn:
         conn.execute(_REPORTS.update().where(_REPORTS.c.id == report.id).values(status="closed"))
     calls, _, _ = explain_invoice(live.engine, "in_1").lines

@@ -5,9 +5,8 @@ the usage effects called at a new period and at a cycle's draft invoice."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,70 +17,22 @@ from adapter.client import Metersync
 from adapter.mirror_models import (
     Invoice,
     InvoiceLine,
-    InvoiceReport,
     Price,
     StripeCustomer,
     StripeMeter,
     Subscription,
     SubscriptionItem,
-    SyncState,
-    WebhookDelivery,
 )
 from adapter.models import Account, AuditLog, BillingPeriod, table
 from tests import stripe_events as se
+from tests.mirror_helpers import account_id, clear_mirror, deliver, delivery_of, utc
 from webhooks import deliveries
 from webhooks.mirror import effects, process, router, shapes
-from webhooks.mirror.context import Apply, Processed
+from webhooks.mirror.context import Apply
 
-MIRROR_TABLES = [
-    table(m)
-    for m in (
-        WebhookDelivery,
-        StripeCustomer,
-        Subscription,
-        SubscriptionItem,
-        Invoice,
-        InvoiceLine,
-        InvoiceReport,
-        Price,
-        StripeMeter,
-        SyncState,
-    )
-]
-_DELIVERIES, _SUBS, _ITEMS = table(WebhookDelivery), table(Subscription), table(SubscriptionItem)
-_CUSTOMERS, _INVOICES, _LINES = table(StripeCustomer), table(Invoice), table(InvoiceLine)
+_SUBS, _ITEMS, _CUSTOMERS = table(Subscription), table(SubscriptionItem), table(StripeCustomer)
+_INVOICES, _LINES = table(Invoice), table(InvoiceLine)
 _ACCOUNTS, _AUDIT, _PERIODS = table(Account), table(AuditLog), table(BillingPeriod)
-
-
-def utc(ts: int) -> datetime:
-    """A unix timestamp as an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def clear_mirror(ms: Metersync) -> None:
-    """Empty the mirror tables and billing periods (PostgreSQL keeps them between tests)."""
-    with ms.engine.begin() as conn:
-        for t in [*MIRROR_TABLES, _PERIODS]:
-            conn.execute(t.delete())
-
-
-def deliver(
-    ms: Metersync,
-    event: dict[str, Any],
-    *,
-    refetch: Callable[[str, str], dict[str, Any] | None] | None = None,
-) -> Processed:
-    """Store ``event`` as a delivery (once) and process it."""
-    delivery_id = deliveries.store(ms.engine, event)
-    if delivery_id is None:
-        delivery_id = delivery_of(ms, event["id"]).id
-    return process.process_delivery(ms, delivery_id, refetch=refetch)
-
-
-def delivery_of(ms: Metersync, event_id: str) -> Any:
-    """The stored delivery row of an event."""
-    with ms.engine.connect() as conn:
-        return conn.execute(sa.select(_DELIVERIES).where(_DELIVERIES.c.event_id == event_id)).one()
 
 
 def row(ms: Metersync, t: sa.Table, obj_id: str) -> Any:
@@ -139,13 +90,8 @@ def fake_effects(monkeypatch: pytest.MonkeyPatch) -> EffectCalls:
 @pytest.fixture
 def calls(ms: Metersync, monkeypatch: pytest.MonkeyPatch) -> EffectCalls:
     """A clean mirror, with the usage effects recorded instead of run."""
-    clear_mirror(ms)
+    clear_mirror(ms.engine)
     return fake_effects(monkeypatch)
-
-
-def acct_id(ms: Metersync, name: str = "acct_1") -> int:
-    """The id of an account."""
-    return ms.accounts.get(name).id
 
 
 # --- routing and delivery status ----------------------------------------------------------
@@ -377,7 +323,7 @@ def test_customer_metadata_links_an_unlinked_account(ms: Metersync, calls: Effec
     ms.accounts.upsert("beta")
     deliver(ms, se.event("customer.updated", se.customer("cus_b", account="beta"), created=se.T0))
     assert ms.accounts.get("beta").stripe_customer_id == "cus_b"
-    assert row(ms, _CUSTOMERS, "cus_b").account_id == acct_id(ms, "beta")
+    assert row(ms, _CUSTOMERS, "cus_b").account_id == account_id(ms, "beta")
 
 
 def test_customer_never_steals_a_linked_account(ms: Metersync, calls: EffectCalls) -> None:
@@ -400,7 +346,7 @@ def test_customer_without_metadata_mirrors_and_finds_its_account(
 ) -> None:
     """A customer without the metadata is mirrored; the account billed to it is found."""
     deliver(ms, se.event("customer.created", se.customer("cus_123"), created=se.T0))
-    assert row(ms, _CUSTOMERS, "cus_123").account_id == acct_id(ms)
+    assert row(ms, _CUSTOMERS, "cus_123").account_id == account_id(ms)
     deliver(ms, se.event("customer.created", se.customer("cus_none"), created=se.T0))
     assert row(ms, _CUSTOMERS, "cus_none").account_id is None
 
@@ -413,7 +359,7 @@ def test_deleted_customer_keeps_history(ms: Metersync, calls: EffectCalls) -> No
     assert (stored.deleted, stored.email, stored.account_id) == (
         True,
         "billing@example.com",
-        acct_id(ms),
+        account_id(ms),
     )
     assert ms.accounts.get("acct_1").stripe_customer_id == "cus_123"
 
@@ -434,7 +380,7 @@ def test_subscription_gives_the_account_its_billing_period(
     deliver(ms, se.event("customer.subscription.created", sub, created=now))
     expected = (utc(current[0]), utc(current[1]))
     assert periods(ms) == [(*expected, "stripe:sub_1")]
-    assert calls.periods == [(acct_id(ms), expected, None)]
+    assert calls.periods == [(account_id(ms), expected, None)]
     items = {r.id: r for r in _all(ms, _ITEMS)}
     assert items["si_api"].stripe_meter_id == "mtr_api"
     usage = ms.get_usage("acct_1")  # no stale cached copy of the periods
@@ -451,7 +397,7 @@ def test_new_period_calls_period_started_once_with_the_previous(
     deliver(ms, se.event(kind, se.subscription(period=se.FEB), created=se.T0 + 10))
     deliver(ms, se.event(kind, se.subscription(period=se.FEB), created=se.T0 + 20))
     jan, feb = (utc(se.JAN[0]), utc(se.JAN[1])), (utc(se.FEB[0]), utc(se.FEB[1]))
-    assert calls.periods == [(acct_id(ms), jan, None), (acct_id(ms), feb, jan)]
+    assert calls.periods == [(account_id(ms), jan, None), (account_id(ms), feb, jan)]
     assert [p[:2] for p in periods(ms)] == [jan, feb]
 
 
@@ -489,7 +435,7 @@ def test_subscription_before_its_customer_link_sets_the_period_at_linking(
     deliver(ms, se.event("customer.created", se.customer("cus_z", account="zed"), created=se.T0))
     jan = (utc(se.JAN[0]), utc(se.JAN[1]))
     assert periods(ms, "zed") == [(*jan, "stripe:sub_z")]
-    assert calls.periods == [(acct_id(ms, "zed"), jan, None)]
+    assert calls.periods == [(account_id(ms, "zed"), jan, None)]
 
 
 def test_items_no_longer_listed_are_marked_deleted(ms: Metersync, calls: EffectCalls) -> None:
@@ -600,7 +546,7 @@ def _all(ms: Metersync, t: sa.Table) -> list[Any]:
 def test_renewal_with_the_real_effects_queues_the_old_periods_report(ms: Metersync) -> None:
     """End to end with the real usage effects: a renewal closes the old period's open
     report and process_delivery hands it back to be pushed."""
-    clear_mirror(ms)
+    clear_mirror(ms.engine)
     now = int(time.time())
     old, new = (now - 10 * se.DAY, now - 3600), (now - 3600, now + 29 * se.DAY)
     kind = "customer.subscription.updated"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,38 +27,18 @@ from adapter.client import Metersync
 from adapter.mirror_models import (
     Invoice,
     InvoiceLine,
-    InvoiceReport,
-    Price,
-    StripeCustomer,
-    StripeMeter,
     Subscription,
     SubscriptionItem,
-    SyncState,
     WebhookDelivery,
 )
-from adapter.models import BillingPeriod, table
+from adapter.models import table
 from tests import stripe_events as se
+from tests.mirror_helpers import clear_mirror, utc
 from webhooks import deliveries
 from webhooks.mirror import process
 
 _DELIVERIES, _SUBS, _ITEMS = table(WebhookDelivery), table(Subscription), table(SubscriptionItem)
 _INVOICES, _LINES = table(Invoice), table(InvoiceLine)
-_CLEARED = [
-    table(m)
-    for m in (
-        WebhookDelivery,
-        StripeCustomer,
-        Subscription,
-        SubscriptionItem,
-        Invoice,
-        InvoiceLine,
-        InvoiceReport,
-        Price,
-        StripeMeter,
-        SyncState,
-        BillingPeriod,
-    )
-]
 
 #: Consecutive 30-day billing periods; a subscription history advances through them.
 PERIODS = tuple((se.T0 + k * 30 * se.DAY, se.T0 + (k + 1) * 30 * se.DAY) for k in range(5))
@@ -343,11 +322,6 @@ def events(scenario: Scenario) -> list[dict[str, Any]]:
 # --- what must come out -------------------------------------------------------------------
 
 
-def utc(ts: int) -> datetime:
-    """A unix timestamp as an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, UTC)
-
-
 def model(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
     """The ordering rules of ``webhooks/mirror/ordering.py`` played on the first delivery
     of each event: each event's delivery status, and each object's last applied event."""
@@ -445,13 +419,6 @@ def expected_lines(h: History) -> dict[str, tuple[Any, ...]]:
 # --- running an example -------------------------------------------------------------------
 
 
-def clear_mirror(ms: Metersync) -> None:
-    """Empty the mirror, the deliveries and the billing periods (examples share a database)."""
-    with ms.engine.begin() as conn:
-        for t in _CLEARED:
-            conn.execute(t.delete())
-
-
 class Stripe:
     """A refetch answering with each object's final version, as Stripe holds it after the
     whole history (a draft invoice deleted is gone: ``None``); it records what was read."""
@@ -471,7 +438,7 @@ class Stripe:
 
 def run(ms: Metersync, scenario: Scenario) -> Stripe:
     """Deliver the scenario as the receiver and worker would; the refetch it used."""
-    clear_mirror(ms)
+    clear_mirror(ms.engine)
     stripe = Stripe(scenario)
     refetch = stripe if scenario.refetch else None
     price_event = se.event("price.created", METERED, created=AT - se.DAY, id="evt_price")
@@ -640,7 +607,7 @@ def test_same_second_ties_end_at_the_final_state(ms: Metersync, scenario: Scenar
 def test_tie_reread_keeps_a_deleted_subscription_deleted(ms: Metersync) -> None:
     """created and deleted in the same second, delivered deleted first: the tie re-read
     (Stripe's canceled subscription) must leave the subscription deleted, as without ties."""
-    clear_mirror(ms)
+    clear_mirror(ms.engine)
     canceled = se.subscription("sub_t", status="canceled", canceled_at=AT)
     deleted = se.event("customer.subscription.deleted", canceled, created=AT)
     created = se.event("customer.subscription.created", se.subscription("sub_t"), created=AT)

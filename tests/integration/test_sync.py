@@ -4,17 +4,12 @@ mirror closed, and event replay (new events only, oldest first)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 import pytest
 import responses
 import sqlalchemy as sa
-import stripe
-import tenacity
 
 import adapter
 from adapter import sync as syncing
@@ -24,10 +19,11 @@ from adapter.mirror_models import SyncState, WebhookDelivery
 from adapter.models import table
 from adapter.pushing import close_reports
 from config.settings import Settings
+from tests.gateways import make_gateway
+from tests.stripe_lists import API, StripeLists, error
 from webhooks import deliveries
 from webhooks.mirror.context import Processed, Refetch
 
-API = "https://api.stripe.com"
 _STATE = table(SyncState)
 _DELIVERIES = table(WebhookDelivery)
 #: The clock of Stripe's objects and events here: a recent second.
@@ -149,52 +145,7 @@ def event(n: int, *, created: int, obj: dict[str, Any] | None = None) -> dict[st
     }
 
 
-# --- Stripe's lists, page by page ------------------------------------------------------------
-
-
-class StripeLists:
-    """Stripe's list endpoints over in-memory objects, newest first, ``size`` per page
-    (Stripe may send fewer than ``limit``); ``fail`` makes one page answer an error."""
-
-    PATHS: ClassVar[dict[str, str]] = {
-        "/v1/billing/meters": "meters",
-        "/v1/prices": "prices",
-        "/v1/customers": "customers",
-        "/v1/subscriptions": "subscriptions",
-        "/v1/invoices": "invoices",
-        "/v1/events": "events",
-    }
-
-    def __init__(self, http: responses.RequestsMock, *, size: int = 2) -> None:
-        self.objects: dict[str, list[dict[str, Any]]] = {name: [] for name in self.PATHS.values()}
-        self.size = size
-        #: (resource, starting_after) → (status, Stripe error body); used once.
-        self.fail: dict[tuple[str, str | None], tuple[int, dict[str, Any]]] = {}
-        #: (resource, starting_after) of every page request, in order.
-        self.requests: list[tuple[str, str | None]] = []
-        for path in self.PATHS:
-            http.add_callback(responses.GET, f"{API}{path}", callback=self._answer)
-
-    def _answer(self, request: Any) -> tuple[int, dict[str, str], str]:
-        url = urlsplit(request.url)
-        resource = self.PATHS[url.path]
-        query = {key: values[0] for key, values in parse_qs(url.query).items()}
-        after = query.get("starting_after")
-        self.requests.append((resource, after))
-        headers = {"Request-Id": f"req_{len(self.requests)}"}
-        if (resource, after) in self.fail:
-            status, body = self.fail.pop((resource, after))
-            return status, headers, json.dumps(body)
-        objects = self.objects[resource]
-        start = next(i + 1 for i, obj in enumerate(objects) if obj["id"] == after) if after else 0
-        page = objects[start : start + self.size]
-        body = {
-            "object": "list",
-            "url": url.path,
-            "data": page,
-            "has_more": start + self.size < len(objects),
-        }
-        return 200, headers, json.dumps(body)
+# --- the mirror and the gateway --------------------------------------------------------------
 
 
 class FakeMirror:
@@ -238,10 +189,7 @@ class FakeMirror:
 
 
 def _gateway() -> Gateway:
-    client = stripe.StripeClient(
-        "sk_test_metersync_sync", http_client=stripe.RequestsClient(), max_network_retries=0
-    )
-    return Gateway(client=client, attempts=2, wait=tenacity.wait_none(), sleep=lambda _s: None)
+    return make_gateway(attempts=2)
 
 
 @pytest.fixture(autouse=True)
@@ -253,14 +201,8 @@ def _empty_sync_tables(ms: Metersync) -> None:
 
 
 @pytest.fixture
-def http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def stripe_lists(http: responses.RequestsMock) -> StripeLists:
-    return StripeLists(http)
+def stripe_lists(stripe_api: responses.RequestsMock) -> StripeLists:
+    return StripeLists(stripe_api)
 
 
 @pytest.fixture
@@ -294,7 +236,7 @@ def fill(lists: StripeLists) -> None:
 
 
 def permanent(message: str = "Invalid request.") -> tuple[int, dict[str, Any]]:
-    return 400, {"error": {"type": "invalid_request_error", "message": message}}
+    return error(400, message)
 
 
 # --- sync ------------------------------------------------------------------------------------
@@ -413,12 +355,8 @@ def test_a_vanished_cursor_starts_the_pass_over(
         conn.execute(
             _STATE.insert().values(resource="customers", cursor="cus_9", done=False, count=7)
         )
-    gone = {
-        "type": "invalid_request_error",
-        "code": "resource_missing",
-        "message": "No such customer: 'cus_9'",
-    }
-    stripe_lists.fail[("customers", "cus_9")] = (404, {"error": gone})
+    gone = error(404, "No such customer: 'cus_9'", code="resource_missing")
+    stripe_lists.fail[("customers", "cus_9")] = gone
 
     summary = run(ms, mirror, resources=["customers"])
 
@@ -433,7 +371,7 @@ def test_transient_errors_are_retried_within_the_page(
 ) -> None:
     """A 500 on a page is retried by the gateway; the sync goes on without stopping."""
     stripe_lists.objects["meters"] = [meter(1)]
-    stripe_lists.fail[("meters", None)] = (500, {"error": {"type": "api_error", "message": "x"}})
+    stripe_lists.fail[("meters", None)] = error(500, "x", type_="api_error")
 
     summary = run(ms, mirror, resources=["meters"])
 
@@ -454,7 +392,10 @@ def test_every_request_is_paced(
 
 
 def test_reports_closed_by_the_mirror_are_pushed(
-    db_url: str, http: responses.RequestsMock, stripe_lists: StripeLists, mirror: FakeMirror
+    db_url: str,
+    stripe_api: responses.RequestsMock,
+    stripe_lists: StripeLists,
+    mirror: FakeMirror,
 ) -> None:
     """Reports the mirror closed while syncing are pushed once, at the end."""
     ms = adapter.connect(Settings(database_url=db_url, auto_migrate=True), gateway=_gateway())
@@ -463,7 +404,7 @@ def test_reports_closed_by_the_mirror_are_pushed(
         ms.increment("acct_1", 3, meter="api_calls")
         close_reports(ms.engine, now=datetime.now(UTC), due_only=False)
         (report,) = (r.id for r in ms.reports(status="closed"))
-        http.post(f"{API}/v1/billing/meter_events", json={"object": "billing.meter_event"})
+        stripe_api.post(f"{API}/v1/billing/meter_events", json={"object": "billing.meter_event"})
         stripe_lists.objects["subscriptions"] = [subscription(2), subscription(1)]
         mirror.to_push = {"sub_2": (report,), "sub_1": (report,)}
 
@@ -594,11 +535,14 @@ def test_interrupted_event_replay_applies_nothing_until_a_run_finishes(
 
 
 def test_refetch_given_to_the_mirror_reads_from_stripe(
-    ms: Metersync, http: responses.RequestsMock, stripe_lists: StripeLists, mirror: FakeMirror
+    ms: Metersync,
+    stripe_api: responses.RequestsMock,
+    stripe_lists: StripeLists,
+    mirror: FakeMirror,
 ) -> None:
     """The refetch handed to ``process_delivery`` reads the object from Stripe."""
     stripe_lists.objects["events"] = [event(1, created=T0)]
-    http.get(f"{API}/v1/customers/cus_1", json=customer(1))
+    stripe_api.get(f"{API}/v1/customers/cus_1", json=customer(1))
     replay(ms, mirror)
 
     assert mirror.refetch is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 from urllib.parse import parse_qs
@@ -28,6 +27,7 @@ from adapter.gateway import (
     rfc3339,
 )
 from config.settings import Settings
+from tests.gateways import Sleeps, stripe_client
 
 KEY = "sk_test_51FakeKeyForMetersyncTests0000000000"
 API = "https://api.stripe.test"
@@ -41,30 +41,7 @@ DUPLICATE = "An event already exists with identifier rep_42."
 
 
 def make_client() -> stripe.StripeClient:
-    return stripe.StripeClient(
-        KEY,
-        http_client=stripe.RequestsClient(),
-        base_addresses={"api": API, "meter_events": EVENTS_BASE},
-        max_network_retries=0,
-    )
-
-
-class Sleeps(list[float]):
-    """Records the waits the retry policy asks for, instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
-        yield mock
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
+    return stripe_client(KEY, api=API, meter_events=EVENTS_BASE)
 
 
 @pytest.fixture

@@ -3,50 +3,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import responses
-import stripe
 import tenacity
 from responses import matchers
 
 from adapter.gateway import Gateway, Page, PermanentError, TransientError, read_pace
 from adapter.gateway.objects import Pace
 from config.settings import Settings
+from tests.gateways import Sleeps, make_gateway
 
 KEY = "sk_test_51FakeKeyForMetersyncObjects000000000"
 API = "https://api.stripe.test"
 
 
-class Sleeps(list[float]):
-    """Records the waits the retry policy asks for, instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
-        yield mock
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
 @pytest.fixture
 def gateway(sleeps: Sleeps) -> Gateway:
-    client = stripe.StripeClient(
-        KEY,
-        http_client=stripe.RequestsClient(),
-        base_addresses={"api": API},
-        max_network_retries=0,
-    )
-    return Gateway(client=client, attempts=3, wait=tenacity.wait_fixed(0.25), sleep=sleeps)
+    return make_gateway(KEY, api=API, attempts=3, wait=tenacity.wait_fixed(0.25), sleep=sleeps)
 
 
 def listing(*objects: dict[str, Any], has_more: bool = False, url: str = "/v1/x") -> dict[str, Any]:
