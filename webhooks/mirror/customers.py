@@ -48,17 +48,17 @@ def linked_name(obj: dict[str, Any]) -> str | None:
 
 
 RESOURCE = ordering.Resource(CUSTOMERS, "customer", to_row)
+_NAMED_ACCOUNT = sa.select(_ACCOUNTS.c.id, _ACCOUNTS.c.stripe_customer_id).where(
+    _ACCOUNTS.c.name == sa.bindparam("name")
+)
 
 
 def apply(ctx: Apply, obj: dict[str, Any], *, kind: str) -> str:
     """Mirror a customer and link it to the account its metadata names."""
-    admitted = ordering.admit(ctx, RESOURCE, obj, kind=kind)
-    if admitted is None:
+    applied = ordering.apply_object(ctx, RESOURCE, obj, kind=kind)
+    if applied is None:
         return "skipped"
-    row = RESOURCE.row(admitted, kind=kind)
-    saved = ordering.save(ctx, RESOURCE, row)
-    if saved is None:
-        return "skipped"
+    admitted, row, saved = applied.obj, applied.row, applied.saved
     name = None if row["deleted"] else linked_name(admitted)
     if name is not None:
         _link(ctx, name, customer_id=row["id"])
@@ -76,9 +76,7 @@ def apply(ctx: Apply, obj: dict[str, Any], *, kind: str) -> str:
 def _link(ctx: Apply, name: str, *, customer_id: str) -> None:
     """Point account ``name`` at ``customer_id``: create it, fill an empty link, or
     refuse (audited) when it is linked to another customer."""
-    account = ctx.conn.execute(
-        sa.select(_ACCOUNTS.c.id, _ACCOUNTS.c.stripe_customer_id).where(_ACCOUNTS.c.name == name)
-    ).first()
+    account = ctx.conn.execute(_NAMED_ACCOUNT, {"name": name}).first()
     now = utcnow()
     detail: dict[str, Any] = {"stripe_customer_id": customer_id, "event_id": ctx.event_id}
     if account is None:

@@ -91,12 +91,10 @@ RESOURCE = ordering.Resource(
 
 def apply(ctx: Apply, obj: dict[str, Any], *, kind: str) -> str:
     """Mirror an invoice and its lines; a cycle's draft triggers the final flush."""
-    admitted = ordering.admit(ctx, RESOURCE, obj, kind=kind)
-    if admitted is None:
+    applied = ordering.apply_object(ctx, RESOURCE, obj, kind=kind)
+    if applied is None:
         return "skipped"
-    saved = ordering.save(ctx, RESOURCE, RESOURCE.row(admitted, kind=kind))
-    if saved is None:
-        return "skipped"
+    admitted, saved = applied.obj, applied.saved
     if not shapes.is_stub(admitted) and isinstance(admitted.get("lines"), dict):
         _replace_lines(ctx, admitted)
     if drafted(saved._mapping):

@@ -39,8 +39,5 @@ RESOURCE = ordering.Resource(
 
 def apply(ctx: Apply, obj: dict[str, Any], *, kind: str) -> str:
     """Mirror a billing meter."""
-    admitted = ordering.admit(ctx, RESOURCE, obj, kind=kind)
-    if admitted is None:
-        return "skipped"
-    saved = ordering.save(ctx, RESOURCE, RESOURCE.row(admitted, kind=kind))
-    return "skipped" if saved is None else "processed"
+    applied = ordering.apply_object(ctx, RESOURCE, obj, kind=kind)
+    return "skipped" if applied is None else "processed"

@@ -2,7 +2,10 @@
 
 ``process_delivery`` is what the ``process_webhook`` actor runs. A delivery already
 ``processed``, ``ignored`` or ``skipped`` is left alone, so a redelivered message does
-nothing. Otherwise the event is applied in one transaction together with its new status.
+nothing. Otherwise the event is applied in one transaction together with its new status:
+its first statement claims the delivery (marks it ``processed``, counts the attempt and
+reads the event, locking the row), and only an event that ends otherwise (``skipped``,
+``ignored``) writes its status again.
 On an error that transaction is rolled back, the attempt and a short error text are
 stored in a second, small one, and the error is raised again for Dramatiq to retry; once
 the attempts reach the limit (or at once, for a payload that can never apply) the
@@ -36,6 +39,22 @@ DONE = frozenset({"processed", "ignored", "skipped"})
 ERROR_LIMIT = 500
 #: Anything shaped like a Stripe secret is blanked out of stored errors.
 _SECRET = re.compile(r"\b(sk|rk|whsec)_[A-Za-z0-9_]+")
+_DELIVERY = DELIVERIES.c.id == sa.bindparam("delivery_id")
+#: Claims a delivery not done yet, as processed, and reads its event (see the docstring).
+_CLAIM = (
+    DELIVERIES.update()
+    .where(_DELIVERY, *(DELIVERIES.c.status != s for s in sorted(DONE)))
+    .values(
+        status="processed",
+        attempts=DELIVERIES.c.attempts + 1,
+        error=None,
+        processed_at=sa.bindparam("now", type_=DELIVERIES.c.processed_at.type),
+    )
+    .returning(DELIVERIES.c.event_id, DELIVERIES.c.type, DELIVERIES.c.created, DELIVERIES.c.payload)
+)
+_READ = sa.select(DELIVERIES.c.status, DELIVERIES.c.error).where(_DELIVERY)
+#: Sets the status of a claimed delivery that did not end ``processed``.
+_FINISH = DELIVERIES.update().where(_DELIVERY).values(status=sa.bindparam("new_status"))
 
 
 class UnknownDelivery(MirrorError):
@@ -50,10 +69,12 @@ def process_delivery(
     max_attempts: int = defaults.WEBHOOK_MAX_ATTEMPTS,
 ) -> Processed:
     """Apply one stored delivery to the mirror (see the module docstring)."""
-    with ms.engine.connect() as conn:
-        found = _load(conn, delivery_id, lock=False)
-    if found.status in DONE:  # the common redelivery: no write transaction at all
-        return Processed(delivery_id, found.status, (), found.error)
+    if ms.engine.dialect.name == "sqlite":
+        # A write transaction takes SQLite's one write lock: a redelivery reads first.
+        with ms.engine.connect() as conn:
+            found = _load(conn, delivery_id)
+        if found.status in DONE:
+            return Processed(delivery_id, found.status, (), found.error)
     try:
         with ms.engine.begin() as conn:
             return _apply(ms, conn, delivery_id, refetch=refetch)
@@ -111,9 +132,10 @@ def sync_object(
 def _apply(
     ms: Metersync, conn: sa.Connection, delivery_id: int, *, refetch: Refetch | None
 ) -> Processed:
-    row = _load(conn, delivery_id, lock=True)
-    if row.status in DONE:  # another worker finished it while this one waited
-        return Processed(delivery_id, row.status, (), row.error)
+    row = conn.execute(_CLAIM, {"delivery_id": delivery_id, "now": utcnow()}).first()
+    if row is None:  # unknown, or another worker finished it (maybe while this one waited)
+        done = _load(conn, delivery_id)
+        return Processed(delivery_id, done.status, (), done.error)
     to_push: tuple[int, ...] = ()
     if router.handles(row.type):
         ctx = Apply(ms=ms, conn=conn, event_id=row.event_id, event_at=row.created, refetch=refetch)
@@ -121,17 +143,14 @@ def _apply(
         to_push = tuple(ctx.to_push)
     else:
         status = "ignored"
-    conn.execute(
-        DELIVERIES.update()
-        .where(DELIVERIES.c.id == delivery_id)
-        .values(status=status, attempts=row.attempts + 1, error=None, processed_at=utcnow())
-    )
+    if status != "processed":
+        conn.execute(_FINISH, {"delivery_id": delivery_id, "new_status": status})
     return Processed(delivery_id, status, to_push)
 
 
-def _load(conn: sa.Connection, delivery_id: int, *, lock: bool) -> sa.Row[Any]:
-    query = sa.select(DELIVERIES).where(DELIVERIES.c.id == delivery_id)
-    row = conn.execute(query.with_for_update() if lock else query).first()
+def _load(conn: sa.Connection, delivery_id: int) -> sa.Row[Any, Any]:
+    """The status and error of a delivery, or :class:`UnknownDelivery`."""
+    row = conn.execute(_READ, {"delivery_id": delivery_id}).first()
     if row is None:
         raise _unknown(delivery_id)
     return row

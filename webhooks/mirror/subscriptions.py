@@ -19,6 +19,7 @@ metersync reports to), so:
 
 from __future__ import annotations
 
+import functools
 import importlib
 from datetime import UTC, datetime
 from types import ModuleType
@@ -28,12 +29,13 @@ import sqlalchemy as sa
 
 from adapter import periods
 from adapter.mirror_models import Subscription, SubscriptionItem
-from adapter.models import Account, table, utcnow
+from adapter.models import Account, BillingPeriod, table, utcnow
 from adapter.windows import Period
 from webhooks.mirror import ordering, shapes
 from webhooks.mirror.context import Apply
 
 SUBSCRIPTIONS, ITEMS, _ACCOUNTS = table(Subscription), table(SubscriptionItem), table(Account)
+_PERIODS = table(BillingPeriod)
 #: Statuses whose current period is a billing period of the customer.
 PERIOD_STATUSES = frozenset({"active", "trialing", "past_due", "unpaid", "incomplete"})
 #: Statuses a subscription never leaves.
@@ -114,20 +116,40 @@ RESOURCE = ordering.Resource(
 )
 
 
+#: The oldest account billed to ``:customer_id``.
+_ACCOUNT_FOR = (
+    sa.select(_ACCOUNTS.c.id)
+    .where(_ACCOUNTS.c.stripe_customer_id == sa.bindparam("customer_id"))
+    .order_by(_ACCOUNTS.c.id)
+    .limit(1)
+)
+_LATEST = (
+    sa.select(_PERIODS.c.period_start, _PERIODS.c.period_end)
+    .where(_PERIODS.c.account_id == _ACCOUNTS.c.id)
+    .order_by(_PERIODS.c.period_start.desc())
+    .limit(1)
+)
+#: That account and its latest known period (``periods.latest_period``), in one read.
+_BILLED_ACCOUNT = _ACCOUNT_FOR.add_columns(
+    _LATEST.with_only_columns(_PERIODS.c.period_start).scalar_subquery().label("start"),
+    _LATEST.with_only_columns(_PERIODS.c.period_end).scalar_subquery().label("end"),
+)
+_STAMP = ("last_event_id", "last_event_at", "updated_at")
+
+
 def apply(ctx: Apply, obj: dict[str, Any], *, kind: str) -> str:
     """Mirror a subscription and its items; give its account the current period."""
-    admitted = ordering.admit(ctx, RESOURCE, obj, kind=kind)
-    if admitted is None:
+    applied = ordering.apply_object(ctx, RESOURCE, obj, kind=kind)
+    if applied is None:
         return "skipped"
-    row = RESOURCE.row(admitted, kind=kind)
-    if ordering.save(ctx, RESOURCE, row) is None:
-        return "skipped"
+    admitted, row = applied.obj, applied.row
     _replace_items(ctx, admitted)
     period = usage_period(admitted)
     if period is not None and sets_periods(row, admitted):
-        account_id = account_for(ctx.conn, row["customer_id"])
-        if account_id is not None:
-            store_usage_period(ctx, account_id, period, source=f"stripe:{row['id']}")
+        billed = _billed_account(ctx.conn, row["customer_id"])
+        if billed is not None:
+            account_id, latest = billed
+            _store_after(ctx, account_id, period, latest, source=f"stripe:{row['id']}")
     return "processed"
 
 
@@ -146,24 +168,32 @@ def _replace_items(ctx: Apply, obj: dict[str, Any]) -> None:
     ordering.upsert_many(ctx.conn, ITEMS, rows)
     _items, complete = shapes.listed(obj, "items")
     if complete or shapes.is_stub(obj):
+        keep = {f"keep_{n}": r["id"] for n, r in enumerate(rows)}
         ctx.conn.execute(
-            ITEMS.update()
-            .where(ITEMS.c.subscription_id == obj["id"], ITEMS.c.deleted.is_(False))
-            .where(ITEMS.c.id.not_in([r["id"] for r in rows]))
-            .values(deleted=True, **stamp)
+            _retire_items(len(keep)),
+            {"of_subscription": obj["id"], **keep, **{f"stamp_{k}": v for k, v in stamp.items()}},
         )
+
+
+@functools.cache
+def _retire_items(keep: int) -> sa.Update:
+    """Marks a subscription's live items deleted, but for ``keep`` listed ids (built once
+    per count: building a statement costs more than running it)."""
+    stamps = {c: sa.bindparam(f"stamp_{c}", type_=ITEMS.c[c].type) for c in _STAMP}
+    kept = [sa.bindparam(f"keep_{n}", type_=ITEMS.c.id.type) for n in range(keep)]
+    return (
+        ITEMS.update()
+        .where(ITEMS.c.subscription_id == sa.bindparam("of_subscription"))
+        .where(ITEMS.c.deleted.is_(False), *([ITEMS.c.id.not_in(kept)] if kept else []))
+        .values(deleted=True, **stamps)
+    )
 
 
 def account_for(conn: sa.Connection, customer_id: str) -> int | None:
     """The local account billed to ``customer_id`` (the oldest, if several are)."""
     if not customer_id:
         return None
-    found: int | None = conn.execute(
-        sa.select(_ACCOUNTS.c.id)
-        .where(_ACCOUNTS.c.stripe_customer_id == customer_id)
-        .order_by(_ACCOUNTS.c.id)
-        .limit(1)
-    ).scalar_one_or_none()
+    found: int | None = conn.execute(_ACCOUNT_FOR, {"customer_id": customer_id}).scalar()
     return found
 
 
@@ -171,6 +201,13 @@ def store_usage_period(ctx: Apply, account_id: int, period: Period, *, source: s
     """Store ``period`` for the account; when it starts a new period, tell the usage
     effects (``effects.period_started``) once it is stored."""
     latest = periods.latest_period(ctx.conn, account_id)
+    _store_after(ctx, account_id, period, latest, source=source)
+
+
+def _store_after(
+    ctx: Apply, account_id: int, period: Period, latest: Period | None, *, source: str
+) -> None:
+    """:func:`store_usage_period`, given the account's latest period read on ``ctx.conn``."""
     if latest is not None and (period[0] < latest[0] or period == latest):
         return
     periods.store_period(ctx.conn, account_id, *period, source=source, replace_overlaps=True)
@@ -179,6 +216,17 @@ def store_usage_period(ctx: Apply, account_id: int, period: Period, *, source: s
     ctx.ms.periods.forget([account_id])
     if latest is None or latest[0] != period[0]:
         effects().period_started(ctx, account_id=account_id, period=period, previous=latest)
+
+
+def _billed_account(conn: sa.Connection, customer_id: str) -> tuple[int, Period | None] | None:
+    """:func:`account_for` and that account's latest known period, in one read."""
+    if not customer_id:
+        return None
+    found = conn.execute(_BILLED_ACCOUNT, {"customer_id": customer_id}).first()
+    if found is None:
+        return None
+    latest = None if found.start is None else (found.start, found.end)
+    return int(found.id), latest
 
 
 def periods_for_customer(ctx: Apply, *, customer_id: str, account_id: int) -> None:
