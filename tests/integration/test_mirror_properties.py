@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -220,7 +219,6 @@ def scenarios(draw: st.DrawFn, *, ties: bool = False) -> Scenario:
             for i, h in enumerate(histories)
             for k in range(1, len(h.steps))
             if refetch or rank(h.steps[k].state) > rank(h.steps[k - 1].state)
-            if not (refetch and _known_bug(h, k))
         ]
         assume(spots)
         chosen = draw(st.lists(st.sampled_from(spots), min_size=1, max_size=2, unique_by=_first))
@@ -236,12 +234,6 @@ def scenarios(draw: st.DrawFn, *, ties: bool = False) -> Scenario:
 
 def _first(spot: tuple[int, int]) -> int:
     return spot[0]
-
-
-def _known_bug(h: History, k: int) -> bool:
-    """A re-read tie on a subscription's final deletion: left out until the bug pinned by
-    ``test_tie_reread_keeps_a_deleted_subscription_deleted`` is fixed (then drop this)."""
-    return k == len(h.steps) - 1 and h.steps[k].kind == "customer.subscription.deleted"
 
 
 # --- Stripe payloads of a version ---------------------------------------------------------
@@ -338,7 +330,7 @@ def model(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
         applied: Sub | Inv | None
         if before is None or at > before[0]:
             applied = state
-        elif at < before[0]:
+        elif at < before[0] or before[1].deleted:  # older, or a tie with a deletion
             applied = None
         elif scenario.refetch:
             applied = h.steps[-1].state  # Stripe's copy now: the final version
@@ -598,12 +590,6 @@ def test_same_second_ties_end_at_the_final_state(ms: Metersync, scenario: Scenar
 # --- known bugs, reduced to their smallest reproduction -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a same-second tie with a Stripe key, ordering.admit applies the re-read "
-    "subscription with the tie event's type; Stripe returns a canceled subscription (not a "
-    "deleted stub), so a non-deletion event un-deletes the row",
-)
 def test_tie_reread_keeps_a_deleted_subscription_deleted(ms: Metersync) -> None:
     """created and deleted in the same second, delivered deleted first: the tie re-read
     (Stripe's canceled subscription) must leave the subscription deleted, as without ties."""

@@ -13,6 +13,8 @@ against them by these rules, in order:
    stamped with their read time cut to the second, like events, so a read and an event
    of the same second meet here too):
 
+   - The stored object is deleted: skip. Deletion is final at Stripe, and a re-read
+     cannot always say so (a canceled subscription comes back whole).
    - With a Stripe key (``ctx.refetch``): read the object again and apply what Stripe
      holds now; if Stripe no longer has it, apply it as deleted. Only Stripe knows which
      of two same-second events came last, so this is the one exact answer.
@@ -123,6 +125,10 @@ def admit(
         return None
     if ctx.event_at != stored.last_event_at:
         return obj if ctx.event_at > stored.last_event_at else None
+    if stored.deleted:
+        # Deletion is final at Stripe, and a re-read cannot say so for every type (a
+        # canceled subscription comes back whole, not as a deleted stub): keep it.
+        return None
     if ctx.refetch is not None:
         fresh = ctx.refetch(resource.object_type, obj_id)
         return fresh if fresh is not None else stub(resource.object_type, obj_id)
