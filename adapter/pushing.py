@@ -7,6 +7,11 @@ timestamp. Then Stripe is called outside any transaction. A retry of any kind re
 the stored decision unchanged, so Stripe's duplicate-identifier rejection proves an
 ambiguous earlier send was delivered, and nothing is billed twice.
 
+Pushes are the hot path of a worker, so each one costs few round trips: the decision
+transaction is one statement that loads and locks, one that reads the period's earlier
+decisions and one that stores the decision; the outcome after the call is one
+autocommitted statement (PostgreSQL).
+
 Statuses: ``open → closed → sending → sent``, or ``dry_run`` (no API key), ``skipped_free``
 (free account), ``failed`` (Stripe refused it; ``last_error`` says why), ``expired``
 (too old for Stripe). A transient failure leaves the report ``sending`` with the error.
@@ -25,11 +30,19 @@ import structlog
 
 from adapter import reporting
 from adapter.gateway import Gateway, PermanentError, TransientError
-from adapter.models import Account, Installation, Meter, UsageReport, table, utcnow
+from adapter.models import (
+    Account,
+    BillingPeriod,
+    Installation,
+    Meter,
+    UsageReport,
+    table,
+    utcnow,
+)
 from adapter.windows import period_containing
 
 _REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)
-_INSTALLATION = table(Installation)
+_INSTALLATION, _PERIODS = table(Installation), table(BillingPeriod)
 #: Statuses a push acts on.
 PUSHABLE = ("closed", "sending")
 #: Said of a report whose events all moved to reports of a billing period learned late.
@@ -114,6 +127,12 @@ class Pusher:
 
     def __init__(self, engine: sa.Engine, *, gateway: Gateway | None) -> None:
         self._engine = engine
+        # One statement after the call needs no BEGIN/COMMIT round trips of its own.
+        self._autocommit = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         self._gateway = gateway
         self._namespace: str | None = None
 
@@ -122,6 +141,8 @@ class Pusher:
         now = now or utcnow()
         with self._engine.begin() as conn:
             row = _load(conn, report_id)
+            if row is None:
+                return gone(report_id)
             if row.status not in PUSHABLE:
                 return _result(row, row.status, error=f"report is {row.status}; nothing to do")
             outcome, row = self._prepare(conn, row, now)
@@ -136,7 +157,10 @@ class Pusher:
         outcome if no call is needed, and the report as it now stands."""
         if row.free:
             return _finish(conn, row, "skipped_free", now=now), row
-        if row.identifier is None and row.period_start is None:
+        # No period stored for the account when the row was locked: nothing to settle. A
+        # period stored after that is the mirror's to apply, under the row and pair locks
+        # this transaction holds, as for one stored just after any check made here.
+        if row.identifier is None and row.period_start is None and row.has_periods:
             settled = _settle_period(conn, row)
             if settled is None:
                 return _result(row, "moved", error=MOVED), row
@@ -152,11 +176,7 @@ class Pusher:
                 log.error("report.expired", report_id=row.id, account=row.account)
                 return _finish(conn, row, "expired", now=now, error=error), row
             changes.update(decided)
-        conn.execute(
-            _REPORTS.update()
-            .where(_REPORTS.c.id == row.id)
-            .values(attempts=_REPORTS.c.attempts + 1, **changes)
-        )
+        conn.execute(_DECIDE, {"report_id": row.id, **changes})
         # The row is locked, so the stored attempts are exactly one more than read.
         row = SimpleNamespace(**{**row._mapping, **changes, "attempts": row.attempts + 1})
         return self._settle(conn, row, now), row
@@ -172,17 +192,14 @@ class Pusher:
             )
             return _finish(conn, row, "failed", now=now, error=error)
         if row.sent_value == 0 and reporting.stripe_formula(row.aggregation) == "sum":
+            log.info("report.pushed", report_id=row.id, value=0, call=False)
             return _finish(conn, row, "sent", now=now)  # adding 0 to a sum needs no call
         return None
 
     def _decide(self, conn: sa.Connection, row: Any, now: datetime) -> dict[str, Any] | None:
         """The decision for a report, from the period's earlier decisions; None when no
-        timestamp Stripe accepts exists any more."""
-        if conn.dialect.name == "postgresql":  # one decision at a time per (account, meter)
-            conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(:a, :m)"),
-                {"a": row.account_id, "m": row.meter_id},
-            )
+        timestamp Stripe accepts exists any more. :func:`_load` took the (account, meter)
+        lock, so no other decision of the period is being made meanwhile."""
         history = _history(conn, row)
         closes = row.period_end is not None and (
             row.window_end >= row.period_end or row.period_end <= now
@@ -236,13 +253,13 @@ class Pusher:
             )
         except PermanentError as exc:
             log.error("report.failed", report_id=row.id, error=str(exc), request_id=exc.request_id)
-            with self._engine.begin() as conn:
+            with self._autocommit.begin() as conn:
                 return _finish(
                     conn, row, "failed", now=now, error=str(exc), request_id=exc.request_id
                 )
         except TransientError as exc:
             log.warning("report.retry_later", report_id=row.id, error=str(exc))
-            with self._engine.begin() as conn:
+            with self._autocommit.begin() as conn:
                 conn.execute(
                     _REPORTS.update().where(_REPORTS.c.id == row.id).values(last_error=str(exc))
                 )
@@ -253,7 +270,7 @@ class Pusher:
             value=int(row.sent_value),
             duplicate=delivery.duplicate,
         )
-        with self._engine.begin() as conn:
+        with self._autocommit.begin() as conn:
             _finish(conn, row, "sent", now=now, request_id=delivery.request_id)
         return _result(row, "sent", duplicate=delivery.duplicate)
 
@@ -263,7 +280,28 @@ class Pusher:
         return self._namespace
 
 
-def _load(conn: sa.Connection, report_id: int) -> Any:
+def gone(report_id: int) -> PushResult:
+    """The outcome for a report that no longer exists: a re-cut moved all its events."""
+    return PushResult(report_id, "", "", "", "moved", error=MOVED)
+
+
+def _load(conn: sa.Connection, report_id: int) -> Any | None:
+    """The report with its account and meter, row-locked, and whether the account has any
+    billing period stored (``has_periods``); ``None`` if it is gone. On PostgreSQL the
+    same statement also takes the (account, meter) decision lock (see
+    :func:`_load_statements`)."""
+    load = _LOAD["postgresql" if conn.dialect.name == "postgresql" else "any"]
+    return conn.execute(load, {"report_id": report_id}).one_or_none()
+
+
+def _has_periods(account_id: sa.ColumnElement[Any]) -> sa.Label[bool]:
+    return sa.exists().where(_PERIODS.c.account_id == account_id).label("has_periods")
+
+
+def _load_statements() -> dict[str, sa.Select[Any]]:
+    """The load, by dialect. On PostgreSQL the subquery's ``FOR UPDATE`` locks the row
+    before the outer select calls ``pg_advisory_xact_lock``: rows, then the pair, the
+    order the mirror's re-cut takes them in too, so the two cannot deadlock."""
     query = (
         sa.select(
             _REPORTS,
@@ -277,10 +315,49 @@ def _load(conn: sa.Connection, report_id: int) -> Any:
         )
         .join(_ACCOUNTS, _ACCOUNTS.c.id == _REPORTS.c.account_id)
         .join(_METERS, _METERS.c.id == _REPORTS.c.meter_id)
-        .where(_REPORTS.c.id == report_id)
+        .where(_REPORTS.c.id == sa.bindparam("report_id"))
         .with_for_update(of=_REPORTS)
     )
-    return conn.execute(query).one()
+    locked = query.subquery("locked")
+    pair_lock = sa.func.pg_advisory_xact_lock(locked.c.account_id, locked.c.meter_id)
+    return {
+        "any": query.add_columns(_has_periods(_REPORTS.c.account_id)),
+        "postgresql": sa.select(
+            locked, _has_periods(locked.c.account_id), pair_lock.label("pair_lock")
+        ),
+    }
+
+
+def _history_statements() -> dict[bool, sa.Select[Any]]:
+    """The history query, for a report with a billing period (True) and without."""
+    return {
+        in_period: sa.select(
+            _REPORTS.c.total,
+            _REPORTS.c.events,
+            _REPORTS.c.max_value,
+            _REPORTS.c.last_value,
+            _REPORTS.c.sent_value,
+            _REPORTS.c.sent_timestamp,
+        )
+        .where(
+            _REPORTS.c.account_id == sa.bindparam("account_id"),
+            _REPORTS.c.meter_id == sa.bindparam("meter_id"),
+            _REPORTS.c.period_start == sa.bindparam("period_start")
+            if in_period
+            else _REPORTS.c.period_start.is_(None),
+            _REPORTS.c.id != sa.bindparam("report_id"),
+            _REPORTS.c.identifier.is_not(None),
+        )
+        .order_by(_REPORTS.c.window_start, _REPORTS.c.id)
+        for in_period in (True, False)
+    }
+
+
+#: Statements of every push, built once: building one costs more than running it. The
+#: updates set the columns named in their parameters.
+_LOAD, _HISTORY = _load_statements(), _history_statements()
+_UPDATE = _REPORTS.update().where(_REPORTS.c.id == sa.bindparam("report_id"))
+_DECIDE = _UPDATE.values(attempts=_REPORTS.c.attempts + 1)
 
 
 def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
@@ -299,12 +376,7 @@ def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
     periods = recut.known_periods(conn, row.account_id)
     if not periods:
         return row
-    if conn.dialect.name == "postgresql":  # the lock _decide takes; taken twice, held once
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:a, :m)"),
-            {"a": row.account_id, "m": row.meter_id},
-        )
-    cut = recut.cut_at_boundaries(conn, row, periods)
+    cut = recut.cut_at_boundaries(conn, row, periods)  # under _load's (account, meter) lock
     if cut.emptied:
         log.info("report.moved", report_id=row.id, to=list(cut.targets))
         return None
@@ -318,31 +390,15 @@ def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
         log.info("report.period_found", report_id=row.id, period_start=period[0].isoformat())
     elif not cut.targets:
         return row
-    return _load(conn, row.id)
+    return _load(conn, row.id)  # the report as it now stands (locks held already)
 
 
 def _history(conn: sa.Connection, row: Any) -> list[Any]:
     """Earlier decisions of the same (account, meter, billing period), in window order."""
-    period = (
-        _REPORTS.c.period_start.is_(None)
-        if row.period_start is None
-        else _REPORTS.c.period_start == row.period_start
-    )
-    return list(
-        conn.execute(
-            sa.select(
-                _REPORTS.c.total,
-                _REPORTS.c.events,
-                _REPORTS.c.max_value,
-                _REPORTS.c.last_value,
-                _REPORTS.c.sent_value,
-                _REPORTS.c.sent_timestamp,
-            )
-            .where(_REPORTS.c.account_id == row.account_id, _REPORTS.c.meter_id == row.meter_id)
-            .where(period, _REPORTS.c.id != row.id, _REPORTS.c.identifier.is_not(None))
-            .order_by(_REPORTS.c.window_start, _REPORTS.c.id)
-        ).all()
-    )
+    params = {"account_id": row.account_id, "meter_id": row.meter_id, "report_id": row.id}
+    if row.period_start is not None:
+        params["period_start"] = row.period_start
+    return list(conn.execute(_HISTORY[row.period_start is not None], params).all())
 
 
 def _value(report: Any, aggregation: str) -> Decimal:
@@ -376,13 +432,21 @@ def _finish(
     error: str | None = None,
     request_id: str | None = None,
 ) -> PushResult:
+    values = outcome_values(status, now=now, error=error, request_id=request_id)
+    conn.execute(_UPDATE, {"report_id": row.id, **values})
+    return _result(row, status, error=error)
+
+
+def outcome_values(
+    status: str, *, now: datetime, error: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
+    """The columns a push's outcome sets."""
     values: dict[str, Any] = {"status": status, "last_error": error}
     if status in ("sent", "dry_run"):
         values["sent_at"] = now
     if request_id:
         values["stripe_request_id"] = request_id
-    conn.execute(_REPORTS.update().where(_REPORTS.c.id == row.id).values(**values))
-    return _result(row, status, error=error)
+    return values
 
 
 def _result(

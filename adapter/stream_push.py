@@ -17,7 +17,16 @@ import structlog
 
 from adapter.gateway import MeterEventStream, PermanentError, StreamEvent, TransientError
 from adapter.models import utcnow
-from adapter.pushing import _REPORTS, PUSHABLE, Pusher, PushResult, _finish, _load, _result
+from adapter.pushing import (
+    _REPORTS,
+    PUSHABLE,
+    Pusher,
+    PushResult,
+    _load,
+    _result,
+    gone,
+    outcome_values,
+)
 
 log = structlog.get_logger("metersync.push")
 
@@ -37,6 +46,9 @@ class StreamPusher(Pusher):
         for report_id in report_ids:
             with self._engine.begin() as conn:
                 row = _load(conn, report_id)
+                if row is None:
+                    settled.append(gone(report_id))
+                    continue
                 if row.status not in PUSHABLE:
                     settled.append(_result(row, row.status, error=f"report is {row.status}"))
                     continue
@@ -58,11 +70,7 @@ class StreamPusher(Pusher):
             return self._finish_all(rows, "failed", now=now, error=str(exc))
         except TransientError as exc:
             log.warning("report.batch_retry_later", reports=len(rows), error=str(exc))
-            with self._engine.begin() as conn:
-                for row in rows:
-                    conn.execute(
-                        _REPORTS.update().where(_REPORTS.c.id == row.id).values(last_error=str(exc))
-                    )
+            self._store(rows, {"last_error": str(exc)})
             return [_result(row, "sending", error=str(exc)) for row in rows]
         log.info("report.batch_pushed", reports=len(rows))
         return self._finish_all(rows, "sent", now=now)
@@ -70,8 +78,14 @@ class StreamPusher(Pusher):
     def _finish_all(
         self, rows: list[Any], status: str, *, now: datetime, error: str | None = None
     ) -> list[PushResult]:
-        with self._engine.begin() as conn:
-            return [_finish(conn, row, status, now=now, error=error) for row in rows]
+        self._store(rows, outcome_values(status, now=now, error=error))
+        return [_result(row, status, error=error) for row in rows]
+
+    def _store(self, rows: list[Any], values: dict[str, Any]) -> None:
+        """Set ``values`` on every report of the batch (at most 100), in one statement."""
+        ids = [row.id for row in rows]
+        with self._autocommit.begin() as conn:
+            conn.execute(_REPORTS.update().where(_REPORTS.c.id.in_(ids)).values(**values))
 
 
 def _event(row: Any) -> StreamEvent:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy as copy_module
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime
+from http.cookiejar import DefaultCookiePolicy
 from typing import TYPE_CHECKING
+from urllib.request import getproxies
 
+import requests
 import stripe
 import tenacity
+from requests.adapters import HTTPAdapter
 
 from adapter.errors import ConfigurationError
 from adapter.gateway.objects import ObjectReader
@@ -21,6 +26,13 @@ if TYPE_CHECKING:
     from stripe.params.billing import MeterEventCreateParams
 
     from config.settings import Settings
+
+#: Keep-alive connections kept per host by the shared session: one per worker thread
+#: (``metersync worker --threads`` goes up to 64); more are opened when needed.
+POOL_SIZE = 64
+#: What requests reads from the environment besides proxies; set, the shared session
+#: (which ignores the environment) is not used.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 class Gateway(ObjectReader):
@@ -62,7 +74,7 @@ class Gateway(ObjectReader):
             )
         client = stripe.StripeClient(
             settings.stripe_api_key.get_secret_value(),
-            http_client=stripe.RequestsClient(timeout=settings.stripe_timeout),
+            http_client=http_client(timeout=settings.stripe_timeout),
             base_addresses={
                 "api": settings.stripe_api_base,
                 "meter_events": settings.stripe_meter_events_base,
@@ -129,3 +141,24 @@ class Gateway(ObjectReader):
     def stream(self, *, clock: Clock | None = None) -> MeterEventStream:
         """A v2 high-volume stream on this gateway's client and retry policy."""
         return MeterEventStream(self, clock=clock)
+
+
+def http_client(*, timeout: float) -> stripe.RequestsClient:
+    """stripe-python's requests client for the gateway.
+
+    With no proxy in the environment: one keep-alive session shared by all threads, which
+    never looks at the environment. requests would otherwise read every variable (for
+    proxies) and ``~/.netrc`` on each call, about a sixth of the CPU of a meter event
+    call. The session keeps no cookies, so threads share no state through it. With
+    ``HTTPS_PROXY`` and the like, or a CA bundle (``REQUESTS_CA_BUNDLE``,
+    ``CURL_CA_BUNDLE``) set: stripe-python's default client, which applies them per call
+    as before."""
+    if getproxies() or any(os.environ.get(name) for name in CA_BUNDLE_VARIABLES):
+        return stripe.RequestsClient(timeout=timeout)
+    session = requests.Session()
+    session.trust_env = False
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    pool = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("https://", pool)
+    session.mount("http://", pool)
+    return stripe.RequestsClient(timeout=timeout, session=session)

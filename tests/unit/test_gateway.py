@@ -26,6 +26,7 @@ from adapter.gateway import (
     idempotency_key,
     rfc3339,
 )
+from adapter.gateway import client as gateway_client
 from config.settings import Settings
 from tests.gateways import Sleeps, stripe_client
 
@@ -682,3 +683,35 @@ def test_throttled_copy_leaves_the_original_unthrottled(
     send(gateway)
 
     assert calls == []
+
+
+def test_http_client_shares_a_session_that_ignores_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no proxy or CA bundle configured, the gateway's client is one keep-alive
+    session that reads no environment and keeps no cookies."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy",
+                 "all_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    client = gateway_client.http_client(timeout=7)
+    session = client._session
+    assert session is not None
+    assert session.trust_env is False
+    with responses.RequestsMock() as mock:
+        mock.get("https://api.stripe.com/v1/x", headers={"Set-Cookie": "k=v; Path=/"})
+        session.get("https://api.stripe.com/v1/x")
+    assert len(session.cookies) == 0  # a Set-Cookie from Stripe is not kept
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("HTTPS_PROXY", "http://127.0.0.1:3128"), ("REQUESTS_CA_BUNDLE", "/etc/ssl/ca.pem")],
+)
+def test_http_client_honours_a_proxy_or_ca_bundle(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A proxy or CA bundle in the environment: stripe-python's default client, which
+    applies them on every call, instead of the shared session."""
+    monkeypatch.setenv(name, value)
+    client = gateway_client.http_client(timeout=7)
+    assert client._session is None
