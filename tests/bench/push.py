@@ -560,12 +560,20 @@ def create_calls_profile(url: str, plan: Plan) -> list[int]:
 
 def main() -> None:
     """Parse the options, measure, print the table."""
+    global THREADS  # the worker command and the notes read it
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reports", type=int, help="reports at 1,000/s (default 10,000)")
     parser.add_argument("--slow-reports", type=int, help="reports at 25/s (default 1,000)")
     parser.add_argument("--quick", action="store_true", help="smoke run with fewer of all")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/metersync-bench-push"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help=f"threads per worker process (default {THREADS}); each holds one call in flight",
+    )
     args = parser.parse_args()
+    THREADS = args.threads
     q = args.quick
     plan = Plan(
         reports=args.reports or (2_000 if q else 10_000),
