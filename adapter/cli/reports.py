@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -276,13 +276,25 @@ def list_reports(
     """List the newest reports: window, events, total, what was sent, attempts, last error."""
     with connected(ctx) as ms:
         found = ms.reports(status=status.value if status else None, limit=limit)
+    show_listing(
+        found,
+        reports_table,
+        as_json=as_json,
+        empty=f"no {status.value + ' ' if status else ''}reports; usage goes into reports as "
+        "it is recorded",
+    )
+
+
+def show_listing(
+    found: Sequence[Any], table: Callable[[Any], Table], *, as_json: bool, empty: str
+) -> None:
+    """Print a list command's rows: JSON, ``empty`` when there are none, or the table."""
     if as_json:
         print_json([jsonable(info) for info in found])
     elif not found:
-        which = f"{status.value} " if status else ""
-        console.print(f"no {which}reports; usage goes into reports as it is recorded")
+        console.print(empty)
     else:
-        print_table(reports_table(found))
+        print_table(table(found))
 
 
 ReportId = Annotated[

@@ -23,6 +23,7 @@ from adapter.cli.reports import (
     jsonable,
     print_table,
     results_table,
+    show_listing,
     show_timestamp,
     summary,
     undelivered,
@@ -146,13 +147,13 @@ def deliveries(
         return
     with connected(ctx) as ms:
         found = list_deliveries(ms.engine, status=status.value if status else None, limit=limit)
-    if as_json:
-        print_json([jsonable(info) for info in found])
-    elif not found:
-        which = f"{status.value} " if status else ""
-        console.print(f"no {which}webhook deliveries; Stripe's events arrive at /webhooks/stripe")
-    else:
-        print_table(deliveries_table(found))
+    which = f"{status.value} " if status else ""
+    show_listing(
+        found,
+        deliveries_table,
+        as_json=as_json,
+        empty=f"no {which}webhook deliveries; Stripe's events arrive at /webhooks/stripe",
+    )
 
 
 DeliveryId = Annotated[
