@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
@@ -18,7 +19,9 @@ import adapter
 from adapter.client import Metersync
 from adapter.gateway import Gateway
 from adapter.models import UsageReport, table
+from adapter.pushing import close_reports
 from config.settings import Settings
+from tests.conftest import _empty
 
 EVENTS_URL = "https://api.stripe.com/v1/billing/meter_events"
 _REPORTS = table(UsageReport)
@@ -252,3 +255,39 @@ def test_increments_racing_closes_are_counted_in_exactly_one_report(
     finally:
         ms.close()
         postgres_server.drop_database(url)
+
+
+@pytest.mark.postgres
+@responses.activate
+def test_a_v1_push_is_a_handful_of_statements_on_postgresql(postgres_url: str) -> None:
+    """One v1 push of a report in a known billing period: load and lock (with the pair's
+    decision lock), history, decision, and the finish after Stripe answers: 4 statements
+    (plus BEGIN/COMMIT; the installation namespace is read once per process). A guard
+    against round trips creeping back into the hot path."""
+    _empty(postgres_url)
+    ms = adapter.connect(Settings(database_url=postgres_url), gateway=_gateway())
+    ms.accounts.upsert("acct_1", stripe_customer_id="cus_123")
+    ms.meters.upsert("api_calls", aggregation="sum")
+    ms.set_billing_period("acct_1", _hour(30), _hour(-30))
+    ms.increment("acct_1", 3, meter="api_calls", timestamp=_hour(3) + timedelta(minutes=1))
+    close_reports(ms.engine, now=datetime.now(UTC), due_only=False)
+    with ms.engine.connect() as conn:
+        report_id = conn.execute(sa.select(_REPORTS.c.id)).scalar_one()
+    responses.add_callback(responses.POST, EVENTS_URL, callback=_ok)
+    pusher = ms._pusher()
+    with ms.engine.connect() as conn:
+        pusher._installation(conn)  # read once per process, then kept
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split())[:60])
+
+    sa.event.listen(ms.engine, "before_cursor_execute", count)
+    try:
+        result = pusher.push(report_id)
+    finally:
+        sa.event.remove(ms.engine, "before_cursor_execute", count)
+        ms.close()
+
+    assert (result.status, result.value) == ("sent", 3)
+    assert len(statements) <= 4, statements
