@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from adapter import reporting
+from adapter import recut, reporting
 from adapter.gateway import Gateway, PermanentError, TransientError
 from adapter.models import (
     Account,
@@ -371,8 +371,6 @@ def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
     period they belong to, and the report joins the period that holds its window. Returns
     the report as it now stands, or ``None`` when all its events moved (it is deleted).
     """
-    from webhooks.mirror import recut  # the mirror's re-cut works on adapter tables only
-
     periods = recut.known_periods(conn, row.account_id)
     if not periods:
         return row

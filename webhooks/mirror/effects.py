@@ -27,9 +27,10 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from adapter import recut
 from adapter.models import Meter, UsageReport, table, utcnow
 from adapter.windows import Period
-from webhooks.mirror import linking, recut
+from webhooks.mirror import linking
 from webhooks.mirror.context import Apply
 
 __all__ = ["invoice_drafted", "link_invoice", "period_started"]

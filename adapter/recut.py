@@ -7,7 +7,8 @@ ends the report at the boundary and moves its later events to the open report of
 (in Python: SQLite stores quantities as text). Only a report with no decision stored
 (no identifier) may be cut: a decided value may already be at Stripe.
 
-This module imports only the adapter and SQLAlchemy, so the push path can use it too.
+The webhook mirror cuts when it learns a boundary (``webhooks.mirror.effects``), and the
+push cuts a report recorded before its period was known (``adapter.pushing``).
 """
 
 from __future__ import annotations
