@@ -8,7 +8,7 @@ windows) is opened up, by reading its events inside the period.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -85,10 +85,25 @@ class _Parts:
 
     aggregates: list[tuple[int, Aggregate]] = field(default_factory=list)
     sent: list[_Sent] = field(default_factory=list)
+    #: Reports whose newest event time equals the newest of those the server folded.
+    folded_newest: list[int] = field(default_factory=list)
 
-    def usage(self, aggregation: Aggregation) -> MeterUsage:
-        """Combine in recording order (report id) into the meter's usage."""
-        total = combine([agg for _, agg in sorted(self.aggregates, key=lambda p: p[0])])
+    def combined(self) -> Aggregate:
+        """The aggregates combined in report id order."""
+        return combine([agg for _, agg in sorted(self.aggregates, key=lambda p: p[0])])
+
+    def newest(self, total: Aggregate) -> list[int]:
+        """The reports holding an event at ``total.last_at``, the newest time."""
+        found = set(self.folded_newest)
+        found.update(i for i, agg in self.aggregates if agg.events and agg.last_at == total.last_at)
+        return sorted(found)
+
+    def usage(self, aggregation: Aggregation, last: Decimal | None = None) -> MeterUsage:
+        """Combine in recording order (report id) into the meter's usage; ``last`` is the
+        value of the newest event when reports tie on its time (see :func:`_settle_ties`)."""
+        total = self.combined()
+        if last is not None:
+            total = replace(total, last_value=last)
         quantity = total.value(aggregation)
         sent = sent_value(aggregation, self.sent)
         return MeterUsage(quantity, sent, EXACT.subtract(quantity, sent), total.events, aggregation)
@@ -146,7 +161,35 @@ def read_usage(
         parts[r.meter_id].aggregates.append((r.id, agg))
         if r.status in SENT and agg.events:
             parts[r.meter_id].sent.append(_Sent(r.id, sent, agg.last_at))
-    return {m.name: parts[m.id].usage(m.aggregation) for m in by_id.values()}
+    lasts = _settle_ties(conn, parts, by_id)
+    return {m.name: parts[m.id].usage(m.aggregation, lasts.get(m.id)) for m in by_id.values()}
+
+
+def _settle_ties(
+    conn: sa.Connection, parts: dict[int, _Parts], meters: dict[int, MeterInfo]
+) -> dict[int, Decimal]:
+    """For ``last`` meters whose newest event time is held by more than one report (a
+    billing period replaced while reports were open can put equal-time events in two),
+    the value of the event recorded last at that time: event ids follow recording order
+    across reports, report ids need not. One indexed lookup per tie; none without."""
+    found: dict[int, Decimal] = {}
+    for meter_id, part in parts.items():
+        if meter_id not in meters or meters[meter_id].aggregation != "last":
+            continue
+        total = part.combined()
+        if total.last_at is None:
+            continue
+        tied = part.newest(total)
+        if len(tied) < 2:
+            continue
+        value = conn.execute(
+            sa.select(_EVENTS.c.quantity)
+            .where(_EVENTS.c.report_id.in_(tied), _EVENTS.c.occurred_at == total.last_at)
+            .order_by(_EVENTS.c.id.desc())
+            .limit(1)
+        ).scalar_one()
+        found[meter_id] = Decimal(value)
+    return found
 
 
 def _reports(
@@ -211,6 +254,7 @@ def _read_postgres(
         aggregation = meters[r.meter_id].aggregation
         agg = Aggregate.of(r)
         parts[r.meter_id].aggregates.append((r.last_id, agg))
+        parts[r.meter_id].folded_newest.extend(r.newest_ids or ())
         if r.sent_reports:
             value = {"sum": r.sent_sum, "count": r.sent_sum, "max": r.sent_max}.get(
                 aggregation, r.sent_last

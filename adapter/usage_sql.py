@@ -3,7 +3,9 @@
 Reports inside the period come back aggregated per meter by the server (exact NUMERIC
 sums), so a billing period of hundreds of reports costs one short row per meter. Reports
 that straddle an edge of the period come back as rows, for the caller to open up. The
-``last``-only aggregates, which need a sort, are computed only for ``last`` meters.
+``last``-only aggregates, which need a sort, are computed only for ``last`` meters, with
+the ids of the reports holding the newest event time (``newest_ids``: several when the
+newest time is a tie, which the caller settles by event id).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ WITH r AS MATERIALIZED (
         WHEN meter_id = ANY(:max_ids) THEN max_value
         WHEN meter_id = ANY(:last_ids) THEN last_value
         ELSE total END) AS sent,
-        meter_id = ANY(:last_ids) AS is_last
+        meter_id = ANY(:last_ids) AS is_last,
+        last_at = max(last_at) OVER (PARTITION BY meter_id) AS at_newest
     FROM r WHERE covered
 )
 SELECT false AS straddling, meter_id, NULL::bigint AS id, NULL::varchar AS status,
@@ -43,11 +46,12 @@ SELECT false AS straddling, meter_id, NULL::bigint AS id, NULL::varchar AS statu
     max(last_at) FILTER (WHERE status = 'sent') AS sent_last_at,
     COALESCE((array_agg(id ORDER BY last_at DESC, id DESC)
         FILTER (WHERE status = 'sent' AND is_last))[1],
-        max(id) FILTER (WHERE status = 'sent')) AS sent_last_id
+        max(id) FILTER (WHERE status = 'sent')) AS sent_last_id,
+    array_agg(id) FILTER (WHERE is_last AND at_newest) AS newest_ids
 FROM s GROUP BY meter_id
 UNION ALL
 SELECT true, meter_id, id, status, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL
+    NULL, NULL, NULL, NULL
 FROM r WHERE NOT covered
 """
 ).columns(last_at=UtcDateTime(), sent_last_at=UtcDateTime())

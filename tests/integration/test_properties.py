@@ -346,12 +346,6 @@ def test_last_tie_inside_one_batch_is_the_same_for_any_period(ms: Metersync) -> 
     assert cut.quantity == Decimal(2)
 
 
-@pytest.mark.xfail(
-    reason="BUG: after a billing period is replaced (same start, later end) an event can "
-    "land in an older open report than an earlier event with the same time; queries "
-    "combine reports by id, so the earlier-recorded event wins the 'last' tie",
-    strict=True,
-)
 def test_last_tie_after_period_replaced_follows_recording_order(ms: Metersync) -> None:
     """With equal event times, the value recorded later is 'last', even when a replaced
     billing period put the two events in different reports."""
