@@ -10,6 +10,7 @@ import redis
 import sqlalchemy as sa
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.rate_limits import ConcurrentRateLimiter
 from dramatiq.rate_limits.backends import StubBackend
 
 from adapter.client import Metersync
@@ -17,7 +18,7 @@ from adapter.models import UsageReport, table
 from adapter.pushing import close_reports
 from config.settings import Settings
 from tests.servers import Redis
-from workers.actors import declare
+from workers.actors import _pair_slots, declare
 from workers.broker import QUEUE, BrokerHandle, make_broker
 from workers.scheduler import Scheduler
 
@@ -133,3 +134,28 @@ def test_only_one_scheduler_acts(ms: Metersync, redis_server: Redis) -> None:
     finally:
         client.delete("metersync:scheduler")
         stub.close()
+
+
+@pytest.mark.redis
+def test_pair_slot_admits_one_holder_and_shares_dramatiqs_key(redis_server: Redis) -> None:
+    """The (customer, meter) slot on real Redis: one holder at a time; released, it is
+    free again; and a worker of the previous release holding the same key through
+    dramatiq's ConcurrentRateLimiter keeps a new worker out (and the other way round)."""
+    handle = make_broker(Settings(database_url="sqlite://", redis_url=redis_server.url))
+    try:
+        key = f"metersync:push:test:{datetime.now(UTC).timestamp()}"
+        slot = _pair_slots(handle, ttl=60_000)
+        first, second = slot(key), slot(key)
+        assert first._acquire()
+        assert not second._acquire()
+        first._release()
+        assert second._acquire()
+        old = ConcurrentRateLimiter(handle.backend, key, limit=1, ttl=60_000)
+        assert not old._acquire()  # the new slot's holder keeps an old worker out
+        second._release()
+        assert old._acquire()
+        assert not slot(key)._acquire()  # and an old worker's hold keeps a new one out
+        old._release()
+        assert slot(key)._acquire()
+    finally:
+        handle.close()
