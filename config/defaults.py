@@ -6,6 +6,11 @@ from datetime import timedelta
 DATABASE_URL = "sqlite:///./metersync.db"
 #: Schedule used until an operator stores another one.
 REPORT_SCHEDULE = "every 1h"
+#: How often the scheduler starts a reconcile run (same syntax as the report schedule).
+RECONCILE_SCHEDULE = "every 1d"
+#: Stripe processes meter events asynchronously: a pair sent to more recently than this
+#: is reported as settling, not compared.
+RECONCILE_SETTLE_SECONDS = 600
 #: Meter used when a call names none; created as a ``sum`` meter on first use.
 DEFAULT_METER = "usage"
 #: Stripe refuses meter events more than this far in the future.

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     #: Where ``metersync serve`` and ``metersync run`` listen for HTTP.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65_535)
+    #: When the scheduler starts a reconcile run (``every 1d``, a cron expression...).
+    reconcile_schedule: str = defaults.RECONCILE_SCHEDULE
+    #: Seconds after a pair's newest send before reconcile compares it with Stripe.
+    reconcile_settle_seconds: int = Field(default=defaults.RECONCILE_SETTLE_SECONDS, ge=0)
+    #: Stripe reads per second reconcile may make (unset: 80 % of Stripe's read limit).
+    reconcile_read_rate: float | None = Field(default=None, gt=0)
 
     @property
     def webhook_secrets(self) -> list[str]:

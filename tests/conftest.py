@@ -67,7 +67,8 @@ def postgres_url(postgres_server: Postgres) -> Iterator[str]:
 _TABLES = (
     "usage_event, usage_report, billing_period, audit_log, schedule, meter, account, "
     "stripe_customer, subscription, subscription_item, invoice, invoice_line, price, "
-    "stripe_meter, webhook_delivery, invoice_report, sync_state"
+    "stripe_meter, webhook_delivery, invoice_report, sync_state, reconcile_run, reconcile_pair, "
+    "reconcile_correction"
 )
 # installation is kept: its namespace is made once, by the migration.
 

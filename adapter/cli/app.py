@@ -15,6 +15,7 @@ from adapter.cli import (
     demo,
     explain,
     meters,
+    reconcile,
     reports,
     schedule,
     serve,
@@ -56,6 +57,7 @@ app.command("serve")(serve.serve)
 app.add_typer(webhooks.app, name="webhooks")
 app.command("explain")(explain.explain)
 app.command("sync")(sync.sync)
+app.command("reconcile")(reconcile.reconcile)
 
 
 def _version() -> str:

@@ -17,6 +17,7 @@ import tenacity
 from requests.adapters import HTTPAdapter
 
 from adapter.errors import ConfigurationError
+from adapter.gateway.adjust import Adjusting
 from adapter.gateway.objects import ObjectReader
 from adapter.gateway.policy import RetryPolicy, Sleep, classify, idempotency_key
 from adapter.gateway.stream import Clock, MeterEventStream
@@ -35,9 +36,9 @@ POOL_SIZE = 64
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-class Gateway(ObjectReader):
+class Gateway(ObjectReader, Adjusting):
     """Sends meter events to Stripe and reads its meters and objects, one briefly-retried call
-    at a time."""
+    at a time; reads meter event summaries and cancels meter events (reconciliation)."""
 
     def __init__(
         self,

@@ -6,9 +6,6 @@ import sqlalchemy as sa
 from alembic import context
 from sqlmodel import SQLModel
 
-import adapter.mirror_models
-import adapter.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-
 target_metadata = SQLModel.metadata
 
 

@@ -38,6 +38,9 @@ TABLES = {
     "stripe_meter",
     "webhook_delivery",
     "sync_state",
+    "reconcile_run",
+    "reconcile_pair",
+    "reconcile_correction",
 }
 
 
