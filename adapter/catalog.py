@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from adapter import unlinked
 from adapter.aggregation import AGGREGATIONS, Aggregation
 from adapter.errors import InvalidUsage, UnknownAccount, UnknownMeter
 from adapter.models import Account, AuditLog, Meter, table, utcnow
@@ -115,6 +116,8 @@ class Accounts:
                     .values(updated_at=now, **changes)
                 )
                 action = "account.updated"
+                if changes.get("stripe_customer_id"):
+                    unlinked.release(conn, row.id, now=now)  # waiting usage goes out now
             else:
                 return _account(row)
             conn.execute(

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from adapter import recut, reporting
+from adapter import latest, recut, reporting
 from adapter.gateway import Gateway, PermanentError, TransientError
 from adapter.models import (
     Account,
@@ -39,12 +39,15 @@ from adapter.models import (
     table,
     utcnow,
 )
+from adapter.queries import newest_value
 from adapter.windows import period_containing
 
 _REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)
 _INSTALLATION, _PERIODS = table(Installation), table(BillingPeriod)
 #: Statuses a push acts on.
 PUSHABLE = ("closed", "sending")
+#: Statuses of a decided report that Stripe holds, or will once its send goes through.
+HELD = frozenset({"closed", "sending", "sent", "dry_run"})
 #: Said of a report whose events all moved to reports of a billing period learned late.
 MOVED = "its events belong to a later billing period and moved to that period's reports"
 log = structlog.get_logger("metersync.push")
@@ -165,7 +168,12 @@ class Pusher:
             if settled is None:
                 return _result(row, "moved", error=MOVED), row
             row = settled
+        if self._gateway is not None and not row.stripe_customer_id:
+            if _customer_now(conn, row.account_id) is None:
+                return _finish(conn, row, "unlinked", now=now, error=unlinked(row.account)), row
+            row = _load(conn, row.id)  # linked meanwhile (locks held already)
         changes: dict[str, Any] = {"status": "sending", "attempted_at": now}
+        replaces: tuple[int, ...] = ()
         if row.identifier is None:
             try:
                 decided = self._decide(conn, row, now)
@@ -175,75 +183,57 @@ class Pusher:
                 error = "too old for Stripe (35 days); it can no longer be billed"
                 log.error("report.expired", report_id=row.id, account=row.account)
                 return _finish(conn, row, "expired", now=now, error=error), row
-            changes.update(decided)
+            columns, replaces = decided
+            changes.update(columns)
+        elif row.sent_timestamp is not None and reporting.stripe_formula(row.aggregation) == "last":
+            replaces = _sharing_second(conn, row)
         conn.execute(_DECIDE, {"report_id": row.id, **changes})
         # The row is locked, so the stored attempts are exactly one more than read.
-        row = SimpleNamespace(**{**row._mapping, **changes, "attempts": row.attempts + 1})
+        fields = {**row._mapping, **changes, "attempts": row.attempts + 1, "replaces": replaces}
+        row = SimpleNamespace(**fields)
         return self._settle(conn, row, now), row
 
     def _settle(self, conn: sa.Connection, row: Any, now: datetime) -> PushResult | None:
         """Finish a decided report that needs no Stripe call; None if it needs one."""
         if self._gateway is None:
             return _finish(conn, row, "dry_run", now=now)
-        if not row.stripe_customer_id:
-            error = (
-                f"account {row.account!r} has no Stripe customer; link it with "
-                f"accounts.upsert(..., stripe_customer_id=...) and retry report {row.id}"
-            )
-            return _finish(conn, row, "failed", now=now, error=error)
+        if row.sent_timestamp is None:  # a 'last' meter already holds this value
+            log.info("report.pushed", report_id=row.id, value=int(row.sent_value), call=False)
+            return _finish(conn, row, "sent", now=now)
         if row.sent_value == 0 and reporting.stripe_formula(row.aggregation) == "sum":
             log.info("report.pushed", report_id=row.id, value=0, call=False)
             return _finish(conn, row, "sent", now=now)  # adding 0 to a sum needs no call
         return None
 
-    def _decide(self, conn: sa.Connection, row: Any, now: datetime) -> dict[str, Any] | None:
-        """The decision for a report, from the period's earlier decisions; None when no
-        timestamp Stripe accepts exists any more. :func:`_load` took the (account, meter)
-        lock, so no other decision of the period is being made meanwhile."""
+    def _decide(
+        self, conn: sa.Connection, row: Any, now: datetime
+    ) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+        """The decision's columns for a report, from the period's history, and the reports
+        to cancel before sending it; None when no timestamp Stripe accepts exists any
+        more. :func:`_load` took the (account, meter) lock, so no other decision of the
+        period is being made meanwhile."""
         history = _history(conn, row)
-        closes = row.period_end is not None and (
-            row.window_end >= row.period_end or row.period_end <= now
-        )
-        decision = reporting.value_to_send(
-            aggregation=row.aggregation,
-            report_value=_value(row, row.aggregation),
-            carried_in=reporting.carry_from_history(
-                [_value(h, row.aggregation) for h in history], [h.sent_value for h in history]
-            )
-            if row.aggregation in ("sum", "count")
-            else Decimal(0),
-            previous_sent_in_period=max((h.sent_value for h in history), default=None)
-            if row.aggregation == "max"
-            else None,
-            closes_period=closes,
-            rounding=row.rounding,
-        )
-        at = reporting.send_timestamp(
-            window_start=row.window_start,
-            window_end=row.window_end,
-            period_start=row.period_start,
-            period_end=row.period_end,
-            now=now,
-        )
-        if at is None:
+        if reporting.stripe_formula(row.aggregation) == "last":
+            decided = _decide_latest(conn, row, history, now)
+        else:
+            decided = _decide_sum(row, [h for h in history if h.identifier is not None], now)
+        if decided is None:
             return None
-        if row.aggregation == "max":  # a Stripe 'last' meter keeps the newest timestamp
-            at = _after_previous(at, history, row, now)
-        return {
-            "identifier": reporting.identifier(
-                namespace=self._installation(conn),
-                account_id=row.account_id,
-                meter_id=row.meter_id,
-                report_id=row.id,
-                window_start=row.window_start,
-            ),
-            "sent_value": Decimal(decision.value),
-            "sent_timestamp": at,
-        }
+        columns, replaces = decided
+        columns["identifier"] = reporting.identifier(
+            namespace=self._installation(conn),
+            account_id=row.account_id,
+            meter_id=row.meter_id,
+            report_id=row.id,
+            window_start=row.window_start,
+        )
+        return columns, replaces
 
     def _send(self, row: Any, now: datetime) -> PushResult:
         assert self._gateway is not None
         try:
+            if row.replaces:
+                self._cancel_replaced(row)
             delivery = self._gateway.send_meter_event(
                 event_name=row.event_name,
                 stripe_customer_id=row.stripe_customer_id,
@@ -274,10 +264,57 @@ class Pusher:
             _finish(conn, row, "sent", now=now, request_id=delivery.request_id)
         return _result(row, "sent", duplicate=delivery.duplicate)
 
+    def _cancel_replaced(self, row: Any) -> None:
+        """Cancel the events a 'last' decision replaces at its second (see
+        :mod:`adapter.latest`), and mark their reports ``superseded``."""
+        assert self._gateway is not None
+        with self._engine.connect() as conn:
+            others = conn.execute(
+                sa.select(_REPORTS.c.id, _REPORTS.c.status, _REPORTS.c.identifier).where(
+                    _REPORTS.c.id.in_(row.replaces)
+                )
+            ).all()
+        for other in others:
+            if other.status in ("closed", "sending"):
+                raise TransientError(
+                    f"report {other.id}, sent at the same second, is still being delivered; "
+                    f"report {row.id} cancels it once Stripe has it"
+                )
+            if other.status != "sent":
+                continue
+            self._gateway.cancel_meter_event(event_name=row.event_name, identifier=other.identifier)
+            with self._autocommit.begin() as conn:
+                conn.execute(
+                    _UPDATE,
+                    {
+                        "report_id": other.id,
+                        "status": "superseded",
+                        "last_error": superseded(row.id),
+                    },
+                )
+            log.info("report.superseded", report_id=other.id, by=row.id)
+
     def _installation(self, conn: sa.Connection) -> str:
         if self._namespace is None:
             self._namespace = str(conn.execute(sa.select(_INSTALLATION.c.namespace)).scalar_one())
         return self._namespace
+
+
+def unlinked(account: str) -> str:
+    """Why a report waits: its account has no Stripe customer yet."""
+    return (
+        f"account {account!r} has no Stripe customer yet; the report is pushed as soon as "
+        "it is linked (accounts.upsert(..., stripe_customer_id=...), a customer webhook "
+        "carrying metadata.metersync_account, or metersync sync)"
+    )
+
+
+def superseded(report_id: int) -> str:
+    """Why a report's event was cancelled: a newer value took its second."""
+    return (
+        f"cancelled at Stripe: report {report_id} sent the period's newer value at the "
+        "same second, the last one the billing period had"
+    )
 
 
 def gone(report_id: int) -> PushResult:
@@ -329,13 +366,18 @@ def _load_statements() -> dict[str, sa.Select[Any]]:
 
 
 def _history_statements() -> dict[bool, sa.Select[Any]]:
-    """The history query, for a report with a billing period (True) and without."""
+    """The history query, for a report with a billing period (True) and without: every
+    other report of the (account, meter, period), decided or not."""
     return {
         in_period: sa.select(
+            _REPORTS.c.id,
+            _REPORTS.c.status,
+            _REPORTS.c.identifier,
             _REPORTS.c.total,
             _REPORTS.c.events,
             _REPORTS.c.max_value,
             _REPORTS.c.last_value,
+            _REPORTS.c.last_at,
             _REPORTS.c.sent_value,
             _REPORTS.c.sent_timestamp,
         )
@@ -346,7 +388,6 @@ def _history_statements() -> dict[bool, sa.Select[Any]]:
             if in_period
             else _REPORTS.c.period_start.is_(None),
             _REPORTS.c.id != sa.bindparam("report_id"),
-            _REPORTS.c.identifier.is_not(None),
         )
         .order_by(_REPORTS.c.window_start, _REPORTS.c.id)
         for in_period in (True, False)
@@ -391,6 +432,28 @@ def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
     return _load(conn, row.id)  # the report as it now stands (locks held already)
 
 
+def _customer_now(conn: sa.Connection, account_id: int) -> str | None:
+    """The account's Stripe customer, read under a share lock: a link committing meanwhile
+    is waited for and seen, and one starting later waits until this push has marked its
+    report ``unlinked``, so the link's release of such reports cannot miss it."""
+    customer: str | None = conn.execute(
+        sa.select(_ACCOUNTS.c.stripe_customer_id)
+        .where(_ACCOUNTS.c.id == account_id)
+        .with_for_update(read=True)
+    ).scalar_one()
+    return customer
+
+
+def _sharing_second(conn: sa.Connection, row: Any) -> tuple[int, ...]:
+    """Reports of the period held at the decided report's second (a resend of a decision
+    that replaces them; see :mod:`adapter.latest`)."""
+    return tuple(
+        h.id
+        for h in _history(conn, row)
+        if h.sent_timestamp == row.sent_timestamp and h.status in HELD
+    )
+
+
 def _history(conn: sa.Connection, row: Any) -> list[Any]:
     """Earlier decisions of the same (account, meter, billing period), in window order."""
     params = {"account_id": row.account_id, "meter_id": row.meter_id, "report_id": row.id}
@@ -410,15 +473,83 @@ def _value(report: Any, aggregation: str) -> Decimal:
     return Decimal(0) if value is None else Decimal(value)
 
 
-def _after_previous(at: datetime, history: list[Any], row: Any, now: datetime) -> datetime:
-    """For a max meter, a late report's timestamp moves just after the newest one sent in
-    the period (when the period and the clock allow), so Stripe's ``last`` keeps it."""
-    latest = max((h.sent_timestamp for h in history if h.sent_timestamp), default=None)
-    if latest is None or at > latest:
-        return at
-    moved = latest + timedelta(seconds=1)
-    inside = row.period_end is None or moved < row.period_end
-    return moved if inside and moved <= now else at
+def _decide_sum(
+    row: Any, history: list[Any], now: datetime
+) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+    """A sum or count report: its own total plus the fraction the period carries."""
+    closes = row.period_end is not None and (
+        row.window_end >= row.period_end or row.period_end <= now
+    )
+    decision = reporting.value_to_send(
+        aggregation=row.aggregation,
+        report_value=_value(row, row.aggregation),
+        carried_in=reporting.carry_from_history(
+            [_value(h, row.aggregation) for h in history], [h.sent_value for h in history]
+        ),
+        previous_sent_in_period=None,
+        closes_period=closes,
+        rounding=row.rounding,
+    )
+    at = _window_second(row, now)
+    if at is None:
+        return None
+    return {"sent_value": Decimal(decision.value), "sent_timestamp": at}, ()
+
+
+def _decide_latest(
+    conn: sa.Connection, row: Any, history: list[Any], now: datetime
+) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+    """A max or last report: the period's value by the whole history, sent so that
+    Stripe's ``last`` meter keeps it (see :mod:`adapter.latest`)."""
+    reports = [h for h in history if h.events] + [row]
+    if row.aggregation == "max":
+        value = max(Decimal(r.max_value) for r in reports if r.max_value is not None)
+        preferred = _window_second(row, now) or row.window_start
+    else:
+        newest_at = max(r.last_at for r in reports if r.last_at is not None)
+        tied = [r for r in reports if r.last_at == newest_at]
+        value = (
+            Decimal(tied[0].last_value)
+            if len(tied) == 1
+            else newest_value(conn, [r.id for r in tied], newest_at)
+        )
+        preferred = newest_at
+    target = reporting.value_to_send(
+        aggregation=row.aggregation,
+        report_value=value,
+        carried_in=Decimal(0),
+        previous_sent_in_period=None,
+        closes_period=False,
+        rounding=row.rounding,
+    ).value
+    earlier = [
+        latest.Earlier(h.id, int(h.sent_value), h.sent_timestamp, h.status in HELD)
+        for h in history
+        if h.identifier is not None and h.sent_value is not None
+    ]
+    decision = latest.decide(
+        target=target,
+        preferred=preferred,
+        earlier=earlier,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        now=now,
+    )
+    if decision is None:
+        return None
+    columns = {"sent_value": Decimal(decision.value), "sent_timestamp": decision.timestamp}
+    return columns, decision.replaces
+
+
+def _window_second(row: Any, now: datetime) -> datetime | None:
+    """The report's send timestamp inside its window (see ``reporting.send_timestamp``)."""
+    return reporting.send_timestamp(
+        window_start=row.window_start,
+        window_end=row.window_end,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        now=now,
+    )
 
 
 def _finish(

@@ -76,7 +76,8 @@ class _Sent:
 
     order: int
     value: Decimal
-    last_at: datetime | None
+    #: The timestamp it was sent with (None: no call was needed).
+    at: datetime | None
 
 
 @dataclass(slots=True)
@@ -111,8 +112,9 @@ class _Parts:
 
 def sent_value(aggregation: Aggregation, sent: list[_Sent]) -> Decimal:
     """What Stripe holds for the period: the sum sent (sum, count), the running maximum
-    sent (max, to a ``last`` meter), or the value sent by the newest report (last; on
-    equal times the later report wins, as in :func:`combine`)."""
+    sent (max, to a ``last`` meter), or the value sent with the newest timestamp (last:
+    Stripe's ``last`` keeps that one; a report that needed no call sent the value Stripe
+    held already, and decisions never put two values at one second)."""
     if not sent:
         return ZERO
     if aggregation in ("sum", "count"):
@@ -122,7 +124,7 @@ def sent_value(aggregation: Aggregation, sent: list[_Sent]) -> Decimal:
         return total
     if aggregation == "max":
         return max(part.value for part in sent)
-    newest = max(sent, key=lambda p: (p.last_at is not None, p.last_at or _NEVER, p.order))
+    newest = max(sent, key=lambda p: (p.at is not None, p.at or _NEVER, p.order))
     return newest.value
 
 
@@ -160,7 +162,7 @@ def read_usage(
             sent = _value_sent(aggregation, r)
         parts[r.meter_id].aggregates.append((r.id, agg))
         if r.status in SENT and agg.events:
-            parts[r.meter_id].sent.append(_Sent(r.id, sent, agg.last_at))
+            parts[r.meter_id].sent.append(_Sent(r.id, sent, r.sent_timestamp))
     lasts = _settle_ties(conn, parts, by_id)
     return {m.name: parts[m.id].usage(m.aggregation, lasts.get(m.id)) for m in by_id.values()}
 
@@ -182,14 +184,21 @@ def _settle_ties(
         tied = part.newest(total)
         if len(tied) < 2:
             continue
-        value = conn.execute(
-            sa.select(_EVENTS.c.quantity)
-            .where(_EVENTS.c.report_id.in_(tied), _EVENTS.c.occurred_at == total.last_at)
-            .order_by(_EVENTS.c.id.desc())
-            .limit(1)
-        ).scalar_one()
-        found[meter_id] = Decimal(value)
+        found[meter_id] = newest_value(conn, tied, total.last_at)
     return found
+
+
+def newest_value(conn: sa.Connection, report_ids: list[int], at: datetime) -> Decimal:
+    """The value of the event recorded last, at time ``at``, among the events of reports
+    ``report_ids`` that tie on their newest time: event ids follow recording order across
+    reports, report ids need not. One indexed lookup."""
+    value = conn.execute(
+        sa.select(_EVENTS.c.quantity)
+        .where(_EVENTS.c.report_id.in_(report_ids), _EVENTS.c.occurred_at == at)
+        .order_by(_EVENTS.c.id.desc())
+        .limit(1)
+    ).scalar_one()
+    return Decimal(value)
 
 
 def _reports(
@@ -206,6 +215,7 @@ def _reports(
         "last_value",
         "last_at",
         "sent_value",
+        "sent_timestamp",
     )
     query = (
         sa.select(

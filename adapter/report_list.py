@@ -15,7 +15,18 @@ from adapter.models import Account, Meter, UsageReport, table
 
 _REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)
 #: Every status a report can have.
-STATUSES = ("open", "closed", "sending", "sent", "dry_run", "skipped_free", "failed", "expired")
+STATUSES = (
+    "open",
+    "closed",
+    "sending",
+    "sent",
+    "dry_run",
+    "skipped_free",
+    "unlinked",
+    "failed",
+    "expired",
+    "superseded",
+)
 
 
 @dataclass(frozen=True, slots=True)

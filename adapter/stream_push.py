@@ -53,10 +53,12 @@ class StreamPusher(Pusher):
                     settled.append(_result(row, row.status, error=f"report is {row.status}"))
                     continue
                 outcome, row = self._prepare(conn, row, now)
-                if outcome is not None:
-                    settled.append(outcome)
-                else:
-                    waiting.append(row)
+            if outcome is not None:
+                settled.append(outcome)
+            elif row.replaces:  # a cancel must go first: this one goes alone, on v1
+                settled.append(self._send(row, now))
+            else:
+                waiting.append(row)
         return settled + (self._send_batch(waiting, now) if waiting else [])
 
     def _send_batch(self, rows: list[Any], now: datetime) -> list[PushResult]:

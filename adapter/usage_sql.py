@@ -18,6 +18,7 @@ PERIOD_SQL = sa.text(
     """
 WITH r AS MATERIALIZED (
     SELECT id, meter_id, status, total, events, max_value, last_value, last_at, sent_value,
+        sent_timestamp,
         window_start >= :start AND window_end <= :end AS covered
     FROM usage_report
     WHERE account_id = :account_id AND meter_id = ANY(:meter_ids)
@@ -41,17 +42,18 @@ SELECT false AS straddling, meter_id, NULL::bigint AS id, NULL::varchar AS statu
     count(*) FILTER (WHERE status = 'sent') AS sent_reports,
     sum(sent) FILTER (WHERE status = 'sent') AS sent_sum,
     max(sent) FILTER (WHERE status = 'sent') AS sent_max,
-    (array_agg(sent ORDER BY last_at DESC, id DESC)
+    (array_agg(sent ORDER BY sent_timestamp DESC NULLS LAST, id DESC)
         FILTER (WHERE status = 'sent' AND is_last))[1] AS sent_last,
-    max(last_at) FILTER (WHERE status = 'sent') AS sent_last_at,
-    COALESCE((array_agg(id ORDER BY last_at DESC, id DESC)
+    max(sent_timestamp) FILTER (WHERE status = 'sent') AS sent_last_at,
+    COALESCE((array_agg(id ORDER BY sent_timestamp DESC NULLS LAST, id DESC)
         FILTER (WHERE status = 'sent' AND is_last))[1],
         max(id) FILTER (WHERE status = 'sent')) AS sent_last_id,
-    array_agg(id) FILTER (WHERE is_last AND at_newest) AS newest_ids
+    array_agg(id) FILTER (WHERE is_last AND at_newest) AS newest_ids,
+    NULL::timestamptz AS sent_timestamp
 FROM s GROUP BY meter_id
 UNION ALL
 SELECT true, meter_id, id, status, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, sent_timestamp
 FROM r WHERE NOT covered
 """
-).columns(last_at=UtcDateTime(), sent_last_at=UtcDateTime())
+).columns(last_at=UtcDateTime(), sent_last_at=UtcDateTime(), sent_timestamp=UtcDateTime())

@@ -67,8 +67,10 @@ REPORT_STATUSES = (
     "sent",
     "dry_run",
     "skipped_free",
+    "unlinked",
     "failed",
     "expired",
+    "superseded",
 )
 DELIVERY_STATUSES = ("received", "processed", "ignored", "skipped", "failed")
 

@@ -26,10 +26,12 @@ import redis
 import structlog
 
 from adapter import schedule as schedules
+from adapter import unlinked
 from adapter.client import Metersync
 from adapter.models import utcnow
 from adapter.pushing import claim_for_push, close_reports
 from workers.actors import Actors, stale_deliveries
+from workers.reconcile_schedule import ReconcileTicker
 
 log = structlog.get_logger("metersync.scheduler")
 #: Seconds between looks at the clock and the stored schedule.
@@ -72,6 +74,7 @@ class Scheduler:
             else client.lock("metersync:scheduler", timeout=LOCK_SECONDS, thread_local=False)
         )
         self._last_tick: datetime | None = None
+        self._reconcile = ReconcileTicker(ms, actors, clock=clock)
 
     def run_once(self) -> Tick | None:
         """Tick if a tick is due, this scheduler leads and the schedule runs."""
@@ -79,9 +82,12 @@ class Scheduler:
         if state.paused or not self._leading():
             return None
         now = self._clock()
+        # Reports released by an account link wait for no tick: they go out within seconds.
+        self._actors.enqueue_pushes(unlinked.claim_released(self._ms.engine, now=now))
         due = schedules.parse(state.expression).window(now)[0]  # latest tick at or before now
         if self._last_tick is not None and due <= self._last_tick:
             return None
+        unlinked.expire_stale(self._ms.engine, now=now)
         closed = close_reports(self._ms.engine, now=now, due_only=True)
         ids = claim_for_push(self._ms.engine, now=now, grace=SWEEP_GRACE)
         self._actors.enqueue_pushes(ids)
@@ -100,9 +106,19 @@ class Scheduler:
                 self.run_once()
             except Exception:  # a failed tick is logged and tried again on the next loop
                 log.exception("scheduler.tick_failed")
+            self.reconcile_once()
             stop.wait(POLL_SECONDS)
         if self._lock is not None and self._lock.owned():
             self._lock.release()
+
+    def reconcile_once(self) -> datetime | None:
+        """Enqueue the scheduled reconcile run when its schedule ticked and this
+        scheduler leads (see :mod:`workers.reconcile_schedule`)."""
+        try:
+            return self._reconcile.run_once() if self._leading() else None
+        except Exception:  # logged and tried again on the next loop
+            log.exception("scheduler.reconcile_failed")
+            return None
 
     def _leading(self) -> bool:
         if self._lock is None:

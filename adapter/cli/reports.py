@@ -24,7 +24,13 @@ from adapter.pushing import PushResult
 from adapter.report_list import ReportInfo
 
 #: Colours of the statuses in tables; a status not listed is printed plain.
-STATUS_STYLES = {"sent": "green", "dry_run": "cyan", "failed": "red", "sending": "yellow"}
+STATUS_STYLES = {
+    "sent": "green",
+    "dry_run": "cyan",
+    "failed": "red",
+    "sending": "yellow",
+    "unlinked": "magenta",
+}
 #: Summary words per push status, in summary order. The first three always show.
 SUMMARY_WORDS = {
     "sent": "sent",
@@ -32,7 +38,9 @@ SUMMARY_WORDS = {
     "failed": "failed",
     "sending": "still sending",
     "skipped_free": "skipped (free account)",
+    "unlinked": "waiting for a Stripe customer",
     "expired": "expired",
+    "superseded": "superseded",
 }
 #: How wide tables may grow off a terminal (cron mail, pipes, logs): wide enough that
 #: only long error messages wrap.
@@ -50,8 +58,10 @@ class ReportStatus(StrEnum):
     SENT = "sent"
     DRY_RUN = "dry_run"
     SKIPPED_FREE = "skipped_free"
+    UNLINKED = "unlinked"
     FAILED = "failed"
     EXPIRED = "expired"
+    SUPERSEDED = "superseded"
 
 
 def jsonable(record: Any) -> dict[str, Any]:

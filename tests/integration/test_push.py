@@ -163,19 +163,31 @@ def test_free_accounts_and_dry_runs_never_call_stripe(live: Metersync, db_url: s
 
 
 @responses.activate
-def test_account_without_stripe_customer_fails_with_a_fix(live: Metersync) -> None:
-    """Usage of an unlinked account is not sent; the error says how to link and retry."""
+def test_account_without_stripe_customer_waits_unlinked_until_linked(live: Metersync) -> None:
+    """Usage of an unlinked account is not sent and not failed: it waits, and linking the
+    account sends it with no operator action."""
+    responses.add_callback(responses.POST, EVENTS_URL, callback=_ok)
     live.accounts.upsert("acct_2")
-    live.increment("acct_2", 1, meter="api_calls")
+    live.increment("acct_2", 3, meter="api_calls")
     [result] = live.report_now()
-    assert result.status == "failed"
+    assert result.status == "unlinked"
     assert "stripe_customer_id" in (result.error or "")
     assert len(responses.calls) == 0
+    assert [r.status for r in live.reports()] == ["unlinked"]
+    assert live.get_usage("acct_2").meters["api_calls"].pending == 3
+    live.accounts.upsert("acct_2", stripe_customer_id="cus_late")
+    assert [r.status for r in live.reports()] == ["closed"]
+    [result] = live.report_now()
+    assert result.status == "sent"
+    [body] = _sent_bodies()
+    assert body["payload[stripe_customer_id]"] == ["cus_late"]
+    assert body["payload[value]"] == ["3"]
+    assert live.get_usage("acct_2").meters["api_calls"].pending == 0
 
 
 @responses.activate
 def test_max_meter_sends_the_running_maximum(live: Metersync) -> None:
-    """A max meter never sends less than it already sent in the period."""
+    """A max meter sends the period's running maximum, and nothing when Stripe holds it."""
     live.set_billing_period("acct_1", _hour(30), _hour(-30))
     responses.add_callback(responses.POST, EVENTS_URL, callback=_ok)
     live.increment("acct_1", 5, meter="peak", timestamp=_hour(4) + timedelta(minutes=1))
@@ -183,7 +195,11 @@ def test_max_meter_sends_the_running_maximum(live: Metersync) -> None:
     live.report_now()
     live.increment("acct_1", 7, meter="peak", timestamp=_hour(2) + timedelta(minutes=1))
     live.report_now()
-    assert [b["payload[value]"][0] for b in _sent_bodies()] == ["5", "9", "9"]
+    # The first report already sends the period's maximum (9, from the next report); the
+    # next two find Stripe holding it and need no call.
+    assert [b["payload[value]"][0] for b in _sent_bodies()] == ["9"]
+    assert [r.status for r in live.reports()] == ["sent"] * 3
+    assert live.get_usage("acct_1").meters["peak"].pending == 0
 
 
 @responses.activate

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from adapter import unlinked
 from adapter.mirror_models import StripeCustomer
 from adapter.models import Account, AuditLog, table, utcnow
 from webhooks.mirror import ordering, shapes, subscriptions
@@ -98,6 +99,9 @@ def _link(ctx: Apply, name: str, *, customer_id: str) -> None:
             .values(stripe_customer_id=customer_id, updated_at=now)
         )
         action = "account.linked"
+        released = unlinked.release(ctx.conn, account.id, now=now)
+        ctx.to_push.extend(i for i in released if i not in ctx.to_push)
+        detail["released_reports"] = len(released)
     elif account.stripe_customer_id == customer_id:
         return
     else:
