@@ -18,6 +18,7 @@ import sqlalchemy as sa
 import structlog
 from dramatiq.rate_limits import ConcurrentRateLimiter, WindowRateLimiter
 
+from adapter import reconcile as reconciling
 from adapter.client import Metersync
 from adapter.gateway import TransientError
 from adapter.mirror_models import WebhookDelivery
@@ -40,6 +41,11 @@ WAIT_SECONDS = 10.0
 #: Dramatiq's retries of one push (exponential backoff); the scheduler's sweep picks up
 #: anything still unsent after those, for as long as Stripe can accept it.
 MAX_RETRIES = 12
+#: Dramatiq's retries of a scheduled reconcile run that Stripe stopped (each resumes it).
+RECONCILE_RETRIES = 5
+#: Milliseconds a reconcile run may take (Dramatiq's default, 10 minutes, is too short for
+#: tens of thousands of pairs at Stripe's test-mode read limit).
+RECONCILE_TIME_LIMIT = 6 * 3600 * 1000
 #: Reports per message with the v2 stream transport (Stripe takes 100 events per call).
 STREAM_BATCH = 100
 #: Takes a (customer, meter) slot: the counter dramatiq's ``ConcurrentRateLimiter``
@@ -70,6 +76,8 @@ class Actors:
     transport: str = "v1"
     #: The database, to put each report's (account, meter) in its v1 message.
     engine: sa.Engine | None = None
+    #: Runs ``adapter.reconcile`` (report only) for the scheduler; takes the period.
+    reconcile: Any = None
 
     def enqueue_pushes(self, report_ids: Iterable[int]) -> int:
         """Hand reports to workers: one message each (v1), or batches (stream). A v1
@@ -162,6 +170,17 @@ def declare(handle: BrokerHandle, ms: Metersync) -> Actors:
             broker=handle.broker, queue_name=QUEUE, actor_name=fn.__name__, **options
         )(fn)
 
+    def reconcile(period: str = "previous,current") -> None:
+        """Compare every (customer, meter, period) with Stripe's summaries, reporting
+        only. A run Stripe stops is retried by Dramatiq and resumes where it stopped."""
+        if gateway is None:
+            log.info("reconcile.skipped", reason="dry run: no Stripe API key")
+            return
+        try:
+            reconciling.reconcile(ms, gateway, period=period, trigger="schedule")
+        except reconciling.ReconcileStopped as stopped:
+            raise dramatiq.Retry(str(stopped)) from None
+
     backoff = {"min_backoff": 1_000, "max_backoff": 300_000}
     actors = Actors(
         push_report=actor(push_report, max_retries=MAX_RETRIES, **backoff),
@@ -172,6 +191,9 @@ def declare(handle: BrokerHandle, ms: Metersync) -> Actors:
         broker=handle.broker,
         transport=ms.settings.stripe_transport,
         engine=ms.engine,
+        reconcile=actor(
+            reconcile, max_retries=RECONCILE_RETRIES, time_limit=RECONCILE_TIME_LIMIT, **backoff
+        ),
     )
     return actors
 

@@ -6,6 +6,11 @@ import sqlalchemy as sa
 from alembic import context
 from sqlmodel import SQLModel
 
+# Imported for their side effect: each registers its tables on SQLModel.metadata.
+import adapter.mirror_models
+import adapter.models
+import adapter.reconcile_models  # noqa: F401
+
 target_metadata = SQLModel.metadata
 
 
