@@ -26,6 +26,7 @@ import redis
 import structlog
 
 from adapter import schedule as schedules
+from adapter import unlinked
 from adapter.client import Metersync
 from adapter.models import utcnow
 from adapter.pushing import claim_for_push, close_reports
@@ -81,9 +82,12 @@ class Scheduler:
         if state.paused or not self._leading():
             return None
         now = self._clock()
+        # Reports released by an account link wait for no tick: they go out within seconds.
+        self._actors.enqueue_pushes(unlinked.claim_released(self._ms.engine, now=now))
         due = schedules.parse(state.expression).window(now)[0]  # latest tick at or before now
         if self._last_tick is not None and due <= self._last_tick:
             return None
+        unlinked.expire_stale(self._ms.engine, now=now)
         closed = close_reports(self._ms.engine, now=now, due_only=True)
         ids = claim_for_push(self._ms.engine, now=now, grace=SWEEP_GRACE)
         self._actors.enqueue_pushes(ids)
