@@ -11,13 +11,14 @@ import sqlalchemy as sa
 
 from adapter import db, validation
 from adapter.catalog import Accounts, Meters
-from adapter.errors import InvalidPeriod, InvalidUsage, MetersyncError
+from adapter.errors import ConfigurationError, InvalidPeriod, InvalidUsage, MetersyncError
 from adapter.gateway import Gateway
 from adapter.gateway.stream import STREAM_CHUNK
 from adapter.models import UsageReport, table, utcnow
 from adapter.periods import Periods
 from adapter.pushing import Pusher, PushResult, close_reports, pushable_ids
 from adapter.queries import Usage, read_usage
+from adapter.reconcile import ReconcileSummary, reconcile
 from adapter.recorder import BatchResult, Receipt, Recorder
 from adapter.report_list import ReportInfo, list_reports
 from adapter.schedule_store import ScheduleStore
@@ -166,6 +167,20 @@ class Metersync:
     def reports(self, *, status: str | None = None, limit: int = 100) -> list[ReportInfo]:
         """The newest reports, optionally of one status."""
         return list_reports(self.engine, status=status, limit=limit)
+
+    def reconcile(
+        self, *, period: str = "current", account: str | None = None, repair: bool = False
+    ) -> ReconcileSummary:
+        """Compare what was sent with Stripe's meter event summaries, per (customer, meter,
+        period), repairing drift only with ``repair`` (see :mod:`adapter.reconcile`)."""
+        gateway = self.gateway()
+        if gateway is None:
+            raise ConfigurationError(
+                "reconcile needs a Stripe API key: set METERSYNC_STRIPE_API_KEY and run again"
+            )
+        return reconcile(
+            self, gateway, period=period, account=account, repair=repair, trigger="api"
+        )
 
     def gateway(self) -> Gateway | None:
         """The Stripe gateway, built from settings on first use; ``None`` in a dry run."""

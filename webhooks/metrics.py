@@ -19,6 +19,10 @@ processes, need no metrics endpoint of their own):
   only looks at reports whose window ended within :data:`LATENCY_WINDOW_LOOKBACK`; a
   report sent later than that is an incident that ``metersync reports`` shows.
 - ``metersync_push_latency_reports``: how many reports those quantiles are taken over.
+- ``metersync_reconcile_drifting_pairs{verdict}``: pairs of the newest finished reconcile
+  run whose drift is still there (``missing``, ``excess``, ``wrong_value``; repaired
+  pairs are not counted), 0 when no run finished yet; and
+  ``metersync_reconcile_last_run_timestamp_seconds``, when that run finished (0: never).
 - ``metersync_database_up``: 1, or 0 when the database could not be read (the gauges
   above are then left out rather than reported as zero).
 
@@ -44,11 +48,14 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from adapter.drift import DRIFT
 from adapter.mirror_models import WebhookDelivery
 from adapter.models import UsageReport, table, utcnow
+from adapter.reconcile_models import ReconcilePair, ReconcileRun
 
 log = structlog.get_logger("metersync.metrics")
 _REPORTS, _DELIVERIES = table(UsageReport), table(WebhookDelivery)
+_RUNS, _PAIRS = table(ReconcileRun), table(ReconcilePair)
 #: Seconds a database snapshot is reused between scrapes.
 CACHE_SECONDS = 5.0
 #: Push latency is measured over reports sent within this time.
@@ -84,6 +91,8 @@ class Snapshot:
     deliveries: dict[str, int] = field(default_factory=dict)
     lag_seconds: float = 0.0
     latencies: tuple[float, ...] = ()
+    drifting: dict[str, int] = field(default_factory=dict)
+    reconciled_at: float = 0.0
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -119,7 +128,10 @@ def read_snapshot(engine: sa.Engine, *, now: datetime) -> Snapshot:
             .order_by(_REPORTS.c.window_end.desc())
             .limit(LATENCY_ROWS)
         ).all()
+        drifting, reconciled_at = _reconcile_drift(conn)
     return Snapshot(
+        drifting=drifting,
+        reconciled_at=reconciled_at,
         reports={r[0]: int(r[1]) for r in rows},
         events={r[0]: int(r[2]) for r in rows},
         deliveries={r[0]: int(r[1]) for r in deliveries},
@@ -128,6 +140,25 @@ def read_snapshot(engine: sa.Engine, *, now: datetime) -> Snapshot:
             sorted(max(0.0, (p.sent_at - p.closed_at).total_seconds()) for p in pushes)
         ),
     )
+
+
+def _reconcile_drift(conn: sa.Connection) -> tuple[dict[str, int], float]:
+    """Unrepaired drifting pairs of the newest finished reconcile run, by verdict."""
+    run = conn.execute(
+        sa.select(_RUNS.c.id, _RUNS.c.finished_at)
+        .where(_RUNS.c.status == "finished")
+        .order_by(_RUNS.c.id.desc())
+        .limit(1)
+    ).first()
+    if run is None:
+        return {}, 0.0
+    rows = conn.execute(
+        sa.select(_PAIRS.c.verdict, sa.func.count())
+        .where(_PAIRS.c.run_id == run.id, _PAIRS.c.verdict.in_(DRIFT))
+        .where(_PAIRS.c.repaired.is_(False))
+        .group_by(_PAIRS.c.verdict)
+    ).all()
+    return {r[0]: int(r[1]) for r in rows}, run.finished_at.timestamp()
 
 
 def _by_status(
@@ -199,6 +230,18 @@ class _DatabaseCollector(Collector):
         for q in QUANTILES:
             latency.add_metric([f"{q:g}"], quantile(snap.latencies, q))
         yield latency
+        yield _by_status(
+            "metersync_reconcile_drifting_pairs",
+            "Pairs the newest finished reconcile run found drifting and did not repair.",
+            "verdict",
+            snap.drifting,
+            DRIFT,
+        )
+        yield GaugeMetricFamily(
+            "metersync_reconcile_last_run_timestamp_seconds",
+            "When the newest finished reconcile run ended (0 if none has).",
+            value=snap.reconciled_at,
+        )
         yield GaugeMetricFamily(
             "metersync_push_latency_reports",
             "Reports sent in the last hour that the latency quantiles cover.",

@@ -19,6 +19,7 @@ from adapter.models import AuditLog, Meter, UsageReport, table, utcnow
 from adapter.reconcile import ReconcileSummary
 from tests.gateways import make_gateway
 from tests.stripe_meters import StripeMeters
+from webhooks.metrics import Metrics, read_snapshot
 
 FORMULAS = {"api_calls": "sum", "requests": "sum", "peak": "last", "seats": "last"}
 #: Usage recorded this long ago lands in an hourly window that is over.
@@ -252,3 +253,22 @@ def _summary(value: float) -> dict[str, Any]:
         "data": [{"id": "s", "aggregated_value": value}],
         "has_more": False,
     }
+
+
+def test_the_drift_gauge_shows_the_newest_runs_unrepaired_pairs(world: World) -> None:
+    """/metrics reports the newest finished run's drifting pairs by verdict; after a
+    repair run they are gone."""
+    world.stripe.model.drop(world.report("api_calls").identifier)
+    world.run()
+    text = Metrics(lambda: world.ms.engine).render().decode()
+    assert 'metersync_reconcile_drifting_pairs{verdict="missing"} 1.0' in text
+    assert 'metersync_reconcile_drifting_pairs{verdict="excess"} 0.0' in text
+    world.run(repair=True)
+    snap = read_snapshot(world.ms.engine, now=utcnow())
+    assert (snap.drifting, snap.reconciled_at > 0) == ({}, True)
+
+
+def test_the_client_reconciles_through_its_gateway(world: World) -> None:
+    """``ms.reconcile()`` runs the same comparison, started by the API."""
+    summary = world.ms.reconcile(period="current")
+    assert verdicts(summary) == dict.fromkeys(FORMULAS, "match")
