@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -137,3 +138,38 @@ def test_report_closed_before_the_link_goes_to_the_new_customer(
     with live.engine.connect() as conn:
         statuses = conn.execute(sa.select(_REPORTS.c.status)).scalars().all()
     assert statuses == ["sent"]
+
+
+@pytest.mark.postgres
+def test_a_link_committing_during_the_push_is_seen_not_stranded(
+    postgres_url: str, fake: FakeStripe
+) -> None:
+    """A push that meets a link still uncommitted waits for it and sends to the new
+    customer; without the share lock it would mark the report unlinked after the link
+    had released the account's waiting reports, and strand it."""
+    from tests.conftest import _empty
+
+    _empty(postgres_url)
+    ms = adapter.connect(Settings(database_url=postgres_url), gateway=_gateway())
+    try:
+        ms.meters.upsert("seats", aggregation="last")
+        ms.accounts.upsert("racer")
+        ms.increment("racer", 2, meter="seats")
+        linker = ms.engine.connect()
+        link = linker.begin()
+        accounts = sa.table("account", sa.column("name"), sa.column("stripe_customer_id"))
+        linker.execute(
+            accounts.update().where(accounts.c.name == "racer").values(stripe_customer_id="cus_r")
+        )
+        results: list[str] = []
+        pusher = threading.Thread(target=lambda: results.extend(r.status for r in ms.report_now()))
+        pusher.start()
+        pusher.join(timeout=1.0)
+        assert pusher.is_alive(), "the push should wait for the uncommitted link"
+        link.commit()
+        linker.close()
+        pusher.join(timeout=10)
+        assert results == ["sent"]
+        assert fake.held("cus_r", "seats") == 2
+    finally:
+        ms.close()

@@ -572,3 +572,30 @@ def test_real_mirror_stores_objects_of_both_shapes(
         ]:
             found = set(conn.execute(sa.text(f"SELECT id FROM {table_name}")).scalars())
             assert ids <= found, table_name
+
+
+def test_sync_linking_a_customer_pushes_its_unlinked_reports(
+    db_url: str, stripe_api: responses.RequestsMock, stripe_lists: StripeLists
+) -> None:
+    """A report waiting for its customer is pushed by the sync that links the account."""
+    process = pytest.importorskip("webhooks.mirror.process")
+    ms = adapter.connect(Settings(database_url=db_url, auto_migrate=True), gateway=_gateway())
+    try:
+        ms.meters.upsert("api_calls", aggregation="sum")
+        ms.accounts.upsert("acct_9")
+        ms.increment("acct_9", 3, meter="api_calls")
+        [waiting] = ms.report_now()
+        assert waiting.status == "unlinked"
+        stripe_api.post(f"{API}/v1/billing/meter_events", json={"object": "billing.meter_event"})
+        stripe_lists.objects["customers"] = [customer(9)]
+
+        summary = syncing.sync(
+            ms, _gateway(), resources=["customers"], pace=lambda: None, mirror=process
+        )
+
+        assert summary.to_push == [waiting.report_id]
+        assert summary.pushed == {"sent": 1}
+        [sent] = [c for c in stripe_api.calls if c.request.url.endswith("/meter_events")]
+        assert "cus_9" in str(sent.request.body)
+    finally:
+        ms.close()
