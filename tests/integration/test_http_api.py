@@ -437,6 +437,7 @@ def test_metrics_exposes_gauges_from_the_database(client: TestClient, ms: Meters
     assert lines['metersync_reports{status="sent"}'] == "4.0"
     assert lines['metersync_reports{status="open"}'] == "1.0"  # the default meter's
     assert lines['metersync_reports{status="failed"}'] == "0.0"
+    assert lines['metersync_reports{status="unlinked"}'] == "0.0"  # always present
     assert lines['metersync_usage_events{report_status="sent"}'] == "5.0"
     assert lines['metersync_usage_events{report_status="open"}'] == "1.0"
     assert lines['metersync_webhook_deliveries{status="received"}'] == "1.0"
