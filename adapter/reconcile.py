@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -104,7 +104,7 @@ class ReconcileSummary:
             "calls": self.calls,
             "pairs": [
                 {
-                    **p.__dict__,
+                    **asdict(p),
                     "period_start": p.period_start.isoformat(),
                     "period_end": p.period_end.isoformat(),
                 }

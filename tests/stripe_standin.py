@@ -1,4 +1,9 @@
-"""A real local HTTP stand-in for Stripe's ``POST /v1/billing/meter_events``, with faults.
+"""A real local HTTP stand-in for Stripe's meter endpoints, with faults.
+
+It serves ``POST /v1/billing/meter_events``, and for reconciliation ``GET
+/v1/billing/meters``, ``GET /v1/billing/meters/{id}/event_summaries`` and ``POST
+/v1/billing/meter_event_adjustments`` (cancel), all over one
+:class:`~tests.stripe_meter_model.MeterModel` whose ``formulas`` say which meters exist.
 
 It accepts each identifier once and rejects a repeat exactly like Stripe does (400
 ``invalid_request_error``, ``An event already exists with identifier <id>.``, header
@@ -10,7 +15,10 @@ purpose (see :class:`Faults`). It listens on 127.0.0.1 only, in a background thr
 
 which prints ``listening on http://127.0.0.1:<port>`` once ready. Tests in other processes
 read what it recorded from ``GET /_standin/events`` and change its faults with
-``POST /_standin/faults`` (a JSON object of :class:`Faults` fields).
+``POST /_standin/faults`` (a JSON object of :class:`Faults` fields). Drift is planted
+with ``POST /_standin/meters`` (``{"event_name": "sum"|"last"}``), ``POST /_standin/drop``
+(``{"identifier": …}``: Stripe lost an event) and ``POST /_standin/plant`` (an event
+Stripe holds that nobody sent through metersync).
 """
 
 from __future__ import annotations
@@ -24,12 +32,17 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
-#: The endpoint this stand-in serves.
+from tests.stripe_meter_model import MeterModel
+
+#: The endpoints this stand-in serves.
 METER_EVENTS = "/v1/billing/meter_events"
-#: Where tests read what was recorded, and change the faults.
+ADJUSTMENTS = "/v1/billing/meter_event_adjustments"
+METERS = "/v1/billing/meters"
+#: Where tests read what was recorded, change the faults, and plant drift.
 EVENTS, FAULTS = "/_standin/events", "/_standin/faults"
+SET_METERS, DROP, PLANT = "/_standin/meters", "/_standin/drop", "/_standin/plant"
 
 
 @dataclass
@@ -62,6 +75,9 @@ class Recorded:
     failed_after_record: int = 0
     slow: int = 0
     in_flight: int = 0
+    #: Summary reads and cancels served (reconciliation).
+    summaries: int = 0
+    cancels: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def summary(self) -> dict[str, Any]:
@@ -75,6 +91,8 @@ class Recorded:
                 "failed_after_record": self.failed_after_record,
                 "slow": self.slow,
                 "in_flight": self.in_flight,
+                "summaries": self.summaries,
+                "cancels": self.cancels,
             }
 
 
@@ -86,6 +104,8 @@ class StandinServer(ThreadingHTTPServer):
     def __init__(self, port: int = 0, faults: Faults | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.recorded = Recorded()
+        #: What Stripe holds: accepted events minus cancels, plus planted drift.
+        self.model = MeterModel()
         self.set_faults(faults or Faults())
 
     @property
@@ -117,11 +137,17 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: tests read the recorded events, not an access log."""
 
     def do_GET(self) -> None:
-        """Serve the recorded events."""
-        if self.path != EVENTS:
+        """Serve the recorded events, the meters, or a meter's event summary."""
+        url = urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        if url.path == EVENTS:
+            self._json(200, self.server.recorded.summary())
+        elif url.path == METERS:
+            self._json(200, self.server.model.meters_json())
+        elif len(parts) == 5 and url.path.startswith(METERS) and parts[4] == "event_summaries":
+            self._summary(parts[3], {k: v[0] for k, v in parse_qs(url.query).items()})
+        else:
             self._error(404, "invalid_request_error", f"Unrecognized request URL ({self.path}).")
-            return
-        self._json(200, self.server.recorded.summary())
 
     def do_POST(self) -> None:
         """Serve meter events, or take new faults."""
@@ -129,6 +155,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == FAULTS:
             self.server.set_faults(Faults(**json.loads(body or b"{}")))
             self._json(200, dataclasses.asdict(self.server.faults))
+        elif self.path in (SET_METERS, DROP, PLANT):
+            self._control(self.path, json.loads(body or b"{}"))
+        elif self.path == ADJUSTMENTS:
+            self._cancel({k: v[0] for k, v in parse_qs(body.decode()).items()})
         elif self.path == METER_EVENTS:
             recorded = self.server.recorded
             with recorded.lock:
@@ -166,6 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 recorded.identifiers.add(event["identifier"])
                 recorded.events.append(event)
+                self.server.model.add({k: v for k, v in event.items() if k != "payload"})
         if duplicate:
             message = f"An event already exists with identifier {event['identifier']}."
             self._error(400, "invalid_request_error", message, retry="false")
@@ -180,6 +211,57 @@ class _Handler(BaseHTTPRequestHandler):
                 recorded.slow += 1
             time.sleep(faults.delay)
         self._json(200, {"object": "billing.meter_event", "livemode": False, **event})
+
+    def _summary(self, meter: str, query: dict[str, str]) -> None:
+        if not self._authorized():
+            return
+        try:
+            start, end = int(query["start_time"]), int(query["end_time"])
+            customer = query["customer"]
+        except (KeyError, ValueError):
+            self._error(400, "invalid_request_error", "customer, start_time and end_time required")
+            return
+        if start % 60 or end % 60:
+            self._error(400, "invalid_request_error", "start_time must be minute-aligned.")
+            return
+        if self.server.model.summary(meter, customer, start, end) is None:
+            self._error(404, "invalid_request_error", f"No such billing meter: '{meter}'")
+            return
+        with self.server.recorded.lock:
+            self.server.recorded.summaries += 1
+        self._json(200, self.server.model.summary_json(meter, customer, start, end))
+
+    def _cancel(self, form: dict[str, str]) -> None:
+        if not self._authorized():
+            return
+        if form.get("type") != "cancel" or not form.get("cancel[identifier]"):
+            self._error(400, "invalid_request_error", "Missing required param: cancel.")
+            return
+        refused = self.server.model.cancel(form.get("event_name", ""), form["cancel[identifier]"])
+        if refused is not None:
+            self._error(400, "invalid_request_error", refused)
+            return
+        with self.server.recorded.lock:
+            self.server.recorded.cancels += 1
+        body = {"object": "billing.meter_event_adjustment", "status": "pending", "type": "cancel"}
+        self._json(200, {**body, "event_name": form.get("event_name")})
+
+    def _control(self, path: str, body: dict[str, Any]) -> None:
+        """Say which meters exist, or plant drift (an event lost, or one nobody sent)."""
+        model = self.server.model
+        if path == SET_METERS:
+            model.formulas.update(body)
+            self._json(200, model.meters_json())
+        elif path == DROP:
+            self._json(200, {"dropped": model.drop(body["identifier"])})
+        else:
+            self._json(200, {"planted": model.add(body)})
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization", "").startswith("Bearer sk_"):
+            return True
+        self._error(401, "invalid_request_error", "Invalid API Key provided.")
+        return False
 
     def _error(self, status: int, kind: str, message: str, *, retry: str | None = None) -> None:
         headers = {"Stripe-Should-Retry": retry} if retry else {}
