@@ -15,18 +15,25 @@ How a run goes:
 - **Calls.** At most one summary call per pair and period, paced inside Stripe's read
   limit (``METERSYNC_RECONCILE_READ_RATE``, else 80 % of the read limit like ``sync``),
   plus one meter listing per run when a meter's Stripe id is not known yet. A pair whose
-  newest send is younger than the settle delay is ``settling`` and costs no call.
-- **Resume.** Each finished pair is stored with the run's cursor in one transaction; a
-  run stopped by a Stripe failure (or killed) is resumed by the next run of the same
-  request within a day, after its last finished pair.
+  newest send is younger than the settle delay is ``settling`` and costs no call. Pairs
+  go in batches of :data:`BATCH`: one database read for the batch, up to
+  ``METERSYNC_RECONCILE_CONCURRENCY`` summary reads in flight at once (Stripe answers
+  in tens to hundreds of milliseconds, so one read at a time could not use the limit),
+  one transaction storing the batch's verdicts.
+- **Resume.** Finished pairs are stored with the run's cursor in one transaction (a
+  batch, or the pairs up to a repaired one, which is stored at once); a run stopped by a
+  Stripe failure (or killed) is resumed by the next run of the same request within a
+  day, after its last stored pair. A killed run reads again at most one batch.
 - **Repair** (only with ``repair=True``; otherwise nothing is written to Stripe): see
   :mod:`adapter.drift` for the plans and :mod:`adapter.reconcile_fix` for sending them.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -36,9 +43,9 @@ import structlog
 from adapter import drift, validation
 from adapter import reconcile_store as store
 from adapter.errors import InvalidPeriod, MetersyncError
-from adapter.gateway import Pace, PermanentError, StripeCallError, read_pace
+from adapter.gateway import Pace, StripeCallError, read_pace
 from adapter.models import utcnow
-from adapter.reconcile_fix import repair_pair
+from adapter.reconcile_batch import Batch, MeterIds, cancel_reads
 from adapter.reconcile_periods import pairs_to_compare
 
 if TYPE_CHECKING:
@@ -48,7 +55,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("metersync.reconcile")
 #: An unfinished run of the same request younger than this is resumed, not restarted.
 RESUME_WITHIN = timedelta(days=1)
-#: ``(pairs done, pairs in the run)`` after every pair.
+#: Pairs compared together: one database read, their summary reads in flight at once,
+#: one transaction storing their verdicts.
+BATCH = 200
+#: ``(pairs done, pairs in the run)`` after every batch.
 Progress = Callable[[int, int], None]
 
 
@@ -157,6 +167,7 @@ def reconcile(
     trigger: str = "cli",
     restart: bool = False,
     pace: Callable[[], None] | None = None,
+    concurrency: int | None = None,
     clock: Callable[[], datetime] = utcnow,
     progress: Progress | None = None,
 ) -> ReconcileSummary:
@@ -182,12 +193,29 @@ def reconcile(
     keys = pairs_to_compare(ms.engine, spec, account=account, as_of=run.as_of)
     after = store.parse_cursor(run.cursor)
     todo = [key for key in keys if after is None or key.order > after]
-    meter_ids = _MeterIds(paced)
+    meter_ids = MeterIds(paced)
+    batch = Batch(ms, paced, run.id, meter_ids, repair=repair, settle=settle)
+    workers = concurrency or ms.settings.reconcile_concurrency
+    done = len(keys) - len(todo)
     try:
-        for done, key in enumerate(todo, start=len(keys) - len(todo) + 1):
-            _one(ms, paced, run.id, key, meter_ids, repair=repair, now=clock(), settle=settle)
-            if progress is not None:
-                progress(done, len(keys))
+        with ThreadPoolExecutor(workers, thread_name_prefix="reconcile") as pool:
+            # The next batch's reads start before this one's verdicts are stored, so
+            # reads stay in flight while the database works.
+            chunks = [todo[first : first + BATCH] for first in range(0, len(todo), BATCH)]
+            started = batch.start(chunks[0], pool, now=clock()) if chunks else []
+            for n, chunk in enumerate(chunks):
+                steps = started
+                try:
+                    started = (
+                        batch.start(chunks[n + 1], pool, now=clock()) if n + 1 < len(chunks) else []
+                    )
+                    batch.finish(steps, now=clock())
+                except StripeCallError:
+                    cancel_reads(steps + started)
+                    raise
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(keys))
     except StripeCallError as error:
         store.stop_run(ms.engine, run.id, str(error))
         summary.pairs, summary.calls = _results(ms, run.id), counting.calls
@@ -201,77 +229,18 @@ def reconcile(
     return summary
 
 
-def _one(
-    ms: Metersync,
-    gateway: Gateway,
-    run_id: int,
-    key: store.PairKey,
-    meter_ids: _MeterIds,
-    *,
-    repair: bool,
-    now: datetime,
-    settle: timedelta,
-) -> None:
-    """Compare one pair, repair it if asked, and store the verdict with the cursor."""
-    values: dict[str, Any] = {"expected": 0, "stripe": None, "repair": "", "repaired": False}
-    if key.free or key.customer is None:
-        why = "free account: usage is never sent" if key.free else "no Stripe customer linked"
-        store.save_pair(ms.engine, run_id, key, verdict="skipped", note=why, **values)
-        return
-    span = drift.summary_range(key.period_start, key.period_end, now=now)
-    with ms.engine.connect() as conn:
-        pair, pending = store.load_pair(conn, key, span, now=now)
-    values["expected"] = drift.expected_value(pair.formula, pair.counted)
-    meter_id = key.stripe_meter_id or meter_ids.get(key.event_name)
-    if meter_id is None:
-        note = f"no Stripe meter with event name {key.event_name!r}: see `metersync meters check`"
-        store.save_pair(ms.engine, run_id, key, verdict="unknown_meter", note=note, **values)
-        return
-    if repair and pending:
-        values["repair"] = repair_pair(ms, gateway, run_id, key, pending=pending)
-    stripe: float | None = None
-    if not drift.is_settling(pair, now=now, settle=settle) and not values["repair"]:
-        try:
-            stripe = gateway.meter_event_summary(
-                meter_id=meter_id, customer=key.customer, start=span[0], end=span[1]
-            )
-        except PermanentError as error:
-            values["note"] = f"Stripe refused the summary: {error}"
-            store.save_pair(ms.engine, run_id, key, verdict="error", **values)
-            return
-    found = drift.compare(pair, stripe, now=now, settle=settle)
-    values.update(stripe=stripe, note=values.get("note") or found.note)
-    if repair and found.verdict in drift.DRIFT and not found.plan.empty:
-        values["repair"] = repair_pair(ms, gateway, run_id, key, plan=found.plan)
-        values["repaired"] = not values["repair"].startswith("failed")
-    store.save_pair(ms.engine, run_id, key, verdict=found.verdict, **values)
-
-
-class _MeterIds:
-    """Stripe meter ids by event name: the mirror's first, Stripe's listing once per run."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self._known: dict[str, str] | None = None
-
-    def get(self, event_name: str) -> str | None:
-        if self._known is None:
-            meters = self._gateway.list_meters()
-            meters.sort(key=lambda m: m.status == "active")  # active ones win below
-            self._known = {m.event_name: m.id for m in meters}
-        return self._known.get(event_name)
-
-
 class _CountingPace:
     """The pace, counting every Stripe request it lets through (retries included)."""
 
     def __init__(self, pace: Callable[[], None]) -> None:
         self._pace = pace
+        self._lock = threading.Lock()
         self.calls = 0
 
     def __call__(self) -> None:
         self._pace()
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
 
 
 def _results(ms: Metersync, run_id: int) -> list[PairResult]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -60,28 +61,44 @@ def pairs_to_compare(
         for start in range(0, len(accounts), CHUNK):
             chunk = accounts[start : start + CHUNK]
             periods = _known_periods(conn, [a.id for a in chunk])
-            for acct in chunk:
-                for period in choose_periods(spec, periods.get(acct.id, []), as_of):
-                    for meter_id in store.meters_used(conn, acct.id, period):
-                        meter = meters[meter_id]
-                        keys.append(
-                            store.PairKey(
-                                account_id=acct.id,
-                                account=acct.name,
-                                customer=acct.stripe_customer_id,
-                                free=bool(acct.free),
-                                meter_id=meter_id,
-                                meter=meter.name,
-                                event_name=meter.event_name,
-                                aggregation=meter.aggregation,
-                                stripe_meter_id=meter.stripe_meter_id
-                                or mirrored.get(meter.event_name),
-                                period_start=period[0],
-                                period_end=period[1],
-                            )
-                        )
+            chosen = {a.id: choose_periods(spec, periods.get(a.id, []), as_of) for a in chunk}
+            # One account, one period per lookup: the spec's first period of each, then
+            # its second (``previous,current``).
+            for slot in range(max((len(c) for c in chosen.values()), default=0)):
+                wanted = {a: found[slot] for a, found in chosen.items() if len(found) > slot}
+                used = store.meters_used(conn, wanted)
+                for acct in chunk:
+                    if acct.id in wanted:
+                        keys += _keys(acct, wanted[acct.id], used[acct.id], meters, mirrored)
     keys.sort(key=lambda key: key.order)
     return keys
+
+
+def _keys(
+    acct: Any,
+    period: Period,
+    meter_ids: list[int],
+    meters: dict[int, Any],
+    mirrored: dict[str, str],
+) -> list[store.PairKey]:
+    """The account's pairs of one period, one per meter it used."""
+    return [
+        store.PairKey(
+            account_id=acct.id,
+            account=acct.name,
+            customer=acct.stripe_customer_id,
+            free=bool(acct.free),
+            meter_id=meter_id,
+            meter=meters[meter_id].name,
+            event_name=meters[meter_id].event_name,
+            aggregation=meters[meter_id].aggregation,
+            stripe_meter_id=meters[meter_id].stripe_meter_id
+            or mirrored.get(meters[meter_id].event_name),
+            period_start=period[0],
+            period_end=period[1],
+        )
+        for meter_id in meter_ids
+    ]
 
 
 def _known_periods(conn: sa.Connection, account_ids: list[int]) -> dict[int, list[Period]]:

@@ -24,6 +24,9 @@ _AUDIT = table(AuditLog)
 UNCOUNTED = ("failed", "expired")
 #: Correction statuses Stripe may hold (``sending``: the call may have landed).
 COUNTING = ("sent", "sending")
+#: Accounts per query in :func:`meters_used` (5 bound parameters each, inside SQLite's
+#: limit).
+USED_CHUNK = 150
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,30 +82,56 @@ def meters(conn: sa.Connection) -> dict[int, Any]:
     return {row.id: row for row in conn.execute(sa.select(_METERS)).all()}
 
 
-def meters_used(conn: sa.Connection, account_id: int, period: Period) -> list[int]:
-    """Meters with a report overlapping ``period`` of the account, or a correction in it:
-    a pair with neither has sent Stripe nothing, so there is nothing to compare."""
-    start, end = period
-    reports = sa.select(_REPORTS.c.meter_id).where(
-        _REPORTS.c.account_id == account_id,
-        _REPORTS.c.window_end > start,
-        _REPORTS.c.window_start < end,
-    )
-    fixes = sa.select(_FIXES.c.meter_id).where(
-        _FIXES.c.account_id == account_id, _FIXES.c.period_start == start
-    )
-    union = sa.union(reports, fixes).subquery()
-    return sorted(conn.execute(sa.select(union.c.meter_id)).scalars())
+def meters_used(conn: sa.Connection, periods: dict[int, Period]) -> dict[int, list[int]]:
+    """For each account id, the meters with a report overlapping its period, or a
+    correction in it: a pair with neither has sent Stripe nothing, so there is nothing to
+    compare. One query per :data:`USED_CHUNK` accounts."""
+    used: dict[int, set[int]] = {account_id: set() for account_id in periods}
+    items = sorted(periods.items())
+    for first in range(0, len(items), USED_CHUNK):
+        part = items[first : first + USED_CHUNK]
+        reports = sa.select(_REPORTS.c.account_id, _REPORTS.c.meter_id).where(
+            sa.or_(
+                *(
+                    sa.and_(
+                        _REPORTS.c.account_id == account_id,
+                        _REPORTS.c.window_end > start,
+                        _REPORTS.c.window_start < end,
+                    )
+                    for account_id, (start, end) in part
+                )
+            )
+        )
+        fixes = sa.select(_FIXES.c.account_id, _FIXES.c.meter_id).where(
+            sa.or_(
+                *(
+                    sa.and_(_FIXES.c.account_id == account_id, _FIXES.c.period_start == start)
+                    for account_id, (start, _end) in part
+                )
+            )
+        )
+        for row in conn.execute(sa.union(reports, fixes)):
+            used[row.account_id].add(row.meter_id)
+    return {account_id: sorted(meters) for account_id, meters in used.items()}
 
 
-def load_pair(
-    conn: sa.Connection, key: PairKey, span: Period, *, now: datetime
-) -> tuple[drift.Pair, list[Any]]:
-    """What we believe Stripe holds for ``key`` over the summary range ``span``, and the
-    pair's corrections still ``sending`` (to send again before comparing)."""
-    start, end = span
+def load_pairs(
+    conn: sa.Connection, spans: dict[PairKey, Period]
+) -> dict[PairKey, tuple[drift.Pair, list[Any]]]:
+    """For each key, what we believe Stripe holds over its summary range, and the pair's
+    corrections still ``sending`` (to send again before comparing): two queries for all."""
+    if not spans:
+        return {}
+    ids = sorted({(key.account_id, key.meter_id) for key in spans})
+    low = min(span[0] for span in spans.values())
+    high = max(span[1] for span in spans.values())
+    same_pair = sa.tuple_(_REPORTS.c.account_id, _REPORTS.c.meter_id).in_(ids)
     reports = conn.execute(
         sa.select(
+            _REPORTS.c.account_id,
+            _REPORTS.c.meter_id,
+            _REPORTS.c.window_start,
+            _REPORTS.c.window_end,
             _REPORTS.c.id,
             _REPORTS.c.status,
             _REPORTS.c.identifier,
@@ -110,21 +139,41 @@ def load_pair(
             _REPORTS.c.sent_timestamp,
             _REPORTS.c.sent_at,
             _REPORTS.c.attempted_at,
-        ).where(
-            _REPORTS.c.account_id == key.account_id,
-            _REPORTS.c.meter_id == key.meter_id,
-            _REPORTS.c.window_end > start,
-            _REPORTS.c.window_start < end,
-            _REPORTS.c.status.in_(("sent", "sending", *UNCOUNTED)),
         )
+        .where(same_pair, _REPORTS.c.window_end > low, _REPORTS.c.window_start < high)
+        .where(_REPORTS.c.status.in_(("sent", "sending", *UNCOUNTED)))
+        .order_by(_REPORTS.c.id)
     ).all()
     fixes = conn.execute(
-        sa.select(_FIXES).where(
-            _FIXES.c.account_id == key.account_id,
-            _FIXES.c.meter_id == key.meter_id,
-            _FIXES.c.period_start == key.period_start,
-        )
+        sa.select(_FIXES)
+        .where(sa.tuple_(_FIXES.c.account_id, _FIXES.c.meter_id).in_(ids))
+        .where(_FIXES.c.period_start.in_(sorted({key.period_start for key in spans})))
+        .order_by(_FIXES.c.id)
     ).all()
+    by_pair: dict[tuple[int, int], list[Any]] = {}
+    for r in reports:
+        by_pair.setdefault((r.account_id, r.meter_id), []).append(r)
+    fixes_by: dict[tuple[int, int, datetime], list[Any]] = {}
+    for f in fixes:
+        fixes_by.setdefault((f.account_id, f.meter_id, f.period_start), []).append(f)
+    loaded = {}
+    for key, (start, end) in spans.items():
+        mine = [
+            r
+            for r in by_pair.get((key.account_id, key.meter_id), ())
+            if r.window_end > start and r.window_start < end
+        ]
+        found = fixes_by.get((key.account_id, key.meter_id, key.period_start), [])
+        loaded[key] = build_pair(key, (start, end), mine, found)
+    return loaded
+
+
+def build_pair(
+    key: PairKey, span: Period, reports: list[Any], fixes: list[Any]
+) -> tuple[drift.Pair, list[Any]]:
+    """:func:`load_pairs` for one key, from its reports overlapping ``span`` and its
+    corrections."""
+    start, end = span
     cancelled = {f.identifier for f in fixes if f.kind == "cancel" and f.status == "sent"}
     counted, candidates, sends = [], [], []
     in_flight = False
@@ -248,23 +297,30 @@ def open_run(
         return conn.execute(sa.select(_RUNS).where(_RUNS.c.id == run_id)).one(), False
 
 
-def save_pair(engine: sa.Engine, run_id: int, key: PairKey, **values: Any) -> None:
-    """Store one pair's verdict and move the run's cursor past it, in one transaction."""
+def save_pairs(engine: sa.Engine, run_id: int, rows: list[tuple[PairKey, dict[str, Any]]]) -> None:
+    """Store finished pairs' verdicts (in run order) and move the run's cursor past the
+    last of them, in one transaction."""
+    if not rows:
+        return
     with engine.begin() as conn:
         conn.execute(
-            _PAIRS.insert().values(
-                run_id=run_id,
-                account_id=key.account_id,
-                meter_id=key.meter_id,
-                period_start=key.period_start,
-                period_end=key.period_end,
-                **values,
-            )
+            _PAIRS.insert(),
+            [
+                {
+                    "run_id": run_id,
+                    "account_id": key.account_id,
+                    "meter_id": key.meter_id,
+                    "period_start": key.period_start,
+                    "period_end": key.period_end,
+                    **values,
+                }
+                for key, values in rows
+            ],
         )
         conn.execute(
             _RUNS.update()
             .where(_RUNS.c.id == run_id)
-            .values(cursor=key.cursor, updated_at=utcnow(), pairs=_RUNS.c.pairs + 1)
+            .values(cursor=rows[-1][0].cursor, updated_at=utcnow(), pairs=_RUNS.c.pairs + len(rows))
         )
 
 

@@ -11,6 +11,8 @@ RECONCILE_SCHEDULE = "every 1d"
 #: Stripe processes meter events asynchronously: a pair sent to more recently than this
 #: is reported as settling, not compared.
 RECONCILE_SETTLE_SECONDS = 600
+#: Summary reads reconcile keeps in flight at once (each still waits for the read pace).
+RECONCILE_CONCURRENCY = 8
 #: Meter used when a call names none; created as a ``sum`` meter on first use.
 DEFAULT_METER = "usage"
 #: Stripe refuses meter events more than this far in the future.

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     reconcile_settle_seconds: int = Field(default=defaults.RECONCILE_SETTLE_SECONDS, ge=0)
     #: Stripe reads per second reconcile may make (unset: 80 % of Stripe's read limit).
     reconcile_read_rate: float | None = Field(default=None, gt=0)
+    #: Summary reads reconcile keeps in flight at once, inside that pace.
+    reconcile_concurrency: int = Field(default=defaults.RECONCILE_CONCURRENCY, ge=1, le=64)
 
     @property
     def webhook_secrets(self) -> list[str]:

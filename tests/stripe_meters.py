@@ -32,6 +32,8 @@ class StripeMeters:
         self.calls: list[tuple[str, str]] = []
         #: Answers to give the next summary requests instead of the model's (status, body).
         self.summary_faults: list[tuple[int, dict[str, Any]]] = []
+        #: Stripe meter ids whose summaries answer 500 (whatever order reads arrive in).
+        self.failing_meters: set[str] = set()
         http.add_callback(responses.POST, f"{base}/v1/billing/meter_events", callback=self._event)
         http.add_callback(
             responses.POST, f"{base}/v1/billing/meter_event_adjustments", callback=self._cancel
@@ -86,5 +88,8 @@ class StripeMeters:
             status, body = self.summary_faults.pop(0)
             return status, {"Request-Id": "req_fault"}, json.dumps(body)
         meter = url.path.split("/")[4]
+        if meter in self.failing_meters:
+            body = {"error": {"type": "api_error", "message": "summaries unavailable"}}
+            return 500, {"Request-Id": "req_fault"}, json.dumps(body)
         body = self.model.summary_json(meter, query["customer"], start, end)
         return 200, {"Request-Id": "req_summary"}, json.dumps(body)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy as copy_module
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -68,8 +69,8 @@ class Page:
 
 
 class Pace:
-    """At most ``rate`` calls per second, evenly spaced, in one process: a throttle for
-    :meth:`ObjectReader.paced`."""
+    """At most ``rate`` calls per second, evenly spaced, in one process (thread-safe): a
+    throttle for :meth:`ObjectReader.paced`."""
 
     def __init__(
         self,
@@ -83,13 +84,16 @@ class Pace:
         self.interval = 1.0 / rate
         self._clock, self._sleep = clock, sleep
         self._next = float("-inf")
+        self._lock = threading.Lock()
 
     def __call__(self) -> None:
-        now = self._clock()
-        if self._next > now:
-            self._sleep(self._next - now)
-            now = self._next
-        self._next = now + self.interval
+        """Wait for this call's slot; threads sharing the pace get successive slots."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self._sleep(slot - now)
 
 
 def read_pace(settings: Settings) -> Pace:

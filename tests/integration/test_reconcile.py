@@ -18,6 +18,7 @@ from adapter.client import Metersync
 from adapter.models import AuditLog, Meter, UsageReport, table, utcnow
 from adapter.reconcile import ReconcileSummary
 from tests.gateways import make_gateway
+from tests.stripe_meter_model import meter_id
 from tests.stripe_meters import StripeMeters
 from webhooks.metrics import Metrics, read_snapshot
 
@@ -210,7 +211,7 @@ def test_an_interrupted_run_resumes_after_its_last_finished_pair(world: World) -
     world.stripe.summary_faults.insert(0, (200, _summary(8)))
     world.stripe.summary_faults.insert(1, (200, _summary(1)))
     with pytest.raises(reconciling.ReconcileStopped) as stopped:
-        world.run()
+        world.run(concurrency=1)  # the faults go to the reads in the order they arrive
     assert "run the same `metersync reconcile` again" in str(stopped.value)
     assert len(stopped.value.summary.pairs) == 2
     before = sum("event_summaries" in path for _, path in world.stripe.calls)
@@ -220,6 +221,37 @@ def test_an_interrupted_run_resumes_after_its_last_finished_pair(world: World) -
     assert resumed.run_id == stopped.value.summary.run_id
     assert after - before == 2
     assert verdicts(resumed) == dict.fromkeys(FORMULAS, "match")
+
+
+def test_reads_in_flight_together_still_store_only_the_pairs_before_a_failure(
+    world: World,
+) -> None:
+    """With the summary reads of a batch in flight at once, a pair whose read keeps
+    failing stops the run with the pairs before it stored (run order, not arrival
+    order), the later pairs not; the rerun reads the rest and every pair matches."""
+    world.stripe.failing_meters.add(meter_id("peak"))
+    with pytest.raises(reconciling.ReconcileStopped) as stopped:
+        world.run(concurrency=4)
+    assert [pair.meter for pair in stopped.value.summary.pairs] == ["api_calls", "requests"]
+    world.stripe.failing_meters.clear()
+    before = sum("event_summaries" in path for _, path in world.stripe.calls)
+    resumed = world.run(concurrency=4)
+    after = sum("event_summaries" in path for _, path in world.stripe.calls)
+    assert (resumed.resumed, after - before) == (True, 2)
+    assert verdicts(resumed) == dict.fromkeys(FORMULAS, "match")
+
+
+def test_pairs_are_stored_batch_by_batch_in_run_order(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches smaller than the run: every pair is compared once, in run order, the
+    cursor ends at the last pair and progress is told after each batch."""
+    monkeypatch.setattr(reconciling, "BATCH", 3)
+    told: list[tuple[int, int]] = []
+    summary = world.run(progress=lambda done, total: told.append((done, total)))
+    assert [pair.meter for pair in summary.pairs] == list(FORMULAS)
+    assert verdicts(summary) == dict.fromkeys(FORMULAS, "match")
+    assert told == [(3, 4), (4, 4)]
 
 
 def test_each_run_writes_one_audit_log_row_with_counts(world: World) -> None:

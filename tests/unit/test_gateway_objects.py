@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -366,6 +367,28 @@ def test_pace_spaces_calls_at_the_rate() -> None:
     pace()
 
     assert waits == [0.05, 0.04]
+
+
+def test_pace_shared_by_threads_gives_each_call_its_own_slot() -> None:
+    """Threads calling one pace at once (reconcile's reads in flight) are spread over
+    successive slots, 1/rate apart: the rate holds for them together."""
+    slots: list[float] = []
+    lock = threading.Lock()
+    start = 50.0
+
+    def sleep(seconds: float) -> None:
+        with lock:
+            slots.append(round(start + seconds, 6))
+
+    pace = Pace(10, clock=lambda: start, sleep=sleep)
+    threads = [threading.Thread(target=pace) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # One call goes at once (no sleep); the other 39 wait for distinct slots.
+    assert sorted(slots) == [round(start + n / 10, 6) for n in range(1, 40)]
 
 
 def test_read_pace_leaves_headroom_under_the_read_limit() -> None:
