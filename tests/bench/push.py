@@ -30,7 +30,6 @@ to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -39,11 +38,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +56,7 @@ import adapter
 from adapter.gateway import Gateway, StreamEvent
 from adapter.pushing import close_reports, pushable_ids
 from config.settings import Settings
+from tests.bench import standin as standins
 from tests.bench.common import Figure, Target, postgres_database, progress, render
 
 LATENCY_MS = 20
@@ -136,26 +135,9 @@ def private_redis() -> Iterator[str]:
                 server.shutdown(nosave=True)
 
 
-@contextmanager
-def standin(rate: float, *, latency_ms: float = LATENCY_MS) -> Iterator[str]:
+def standin(rate: float, *, latency_ms: float = LATENCY_MS) -> AbstractContextManager[str]:
     """A stand-in process for Stripe; yields its base URL, stopped afterwards."""
-    command = [sys.executable, "-m", "tests.bench.standin", "--rate", str(rate)]
-    command += ["--latency-ms", str(latency_ms)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("port "):
-            raise RuntimeError(f"the stand-in did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def standin_stats(base: str) -> dict[str, int]:
-    """The stand-in's counts."""
-    with urllib.request.urlopen(f"{base}/_stats", timeout=5) as answer:
-        return dict(json.load(answer))
+    return standins.running("--rate", str(rate), "--latency-ms", str(latency_ms))
 
 
 def create_reports(url: str, *, accounts: int, windows: int, events: int) -> list[int]:
@@ -309,7 +291,7 @@ def push_phase(
             sent = _statuses(engine).get("sent", 0)
         elapsed = time.monotonic() - started
         busy = psutil.cpu_percent()
-        stats = standin_stats(base)
+        stats = standins.stats(base)
         rss = sampler.stop()
     statuses = _statuses(engine)
     with engine.connect() as conn:
@@ -382,7 +364,7 @@ def stream_rate(events: int) -> tuple[float, dict[str, int]]:
             proc.join(timeout=30)
         sent = sum(r[0] for r in results)
         elapsed = max(r[2] for r in results) - min(r[1] for r in results)
-        return sent / elapsed, standin_stats(base)
+        return sent / elapsed, standins.stats(base)
 
 
 def calls_per_million_design() -> float:

@@ -42,16 +42,12 @@ measured on errors says nothing. Progress goes to stderr, results to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -63,6 +59,7 @@ from adapter.models import Account, BillingPeriod, table
 from adapter.reconcile import reconcile
 from config.logging import configure_logging
 from config.settings import Settings
+from tests.bench import standin as standins
 from tests.bench.common import Figure, Target, postgres_database, profile_calls, progress, render
 
 API_KEY = "sk_test_bench"
@@ -109,27 +106,13 @@ class Run:
         return self.pairs / self.elapsed
 
 
-@contextmanager
-def standin(read_rate: float, *, latency_ms: float) -> Iterator[str]:
+def standin(read_rate: float, *, latency_ms: float) -> AbstractContextManager[str]:
     """A stand-in process keeping events for summaries; yields its base URL."""
-    command = [sys.executable, "-m", "tests.bench.standin", "--meters", STANDIN_METERS]
-    command += ["--read-rate", str(read_rate), "--latency-ms", str(latency_ms)]
-    command += ["--rate", "1000000"]  # the set-up pushes on the stream: no v1 limit needed
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("port "):
-            raise RuntimeError(f"the stand-in did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def standin_stats(base: str) -> dict[str, int]:
-    """The stand-in's counts."""
-    with urllib.request.urlopen(f"{base}/_stats", timeout=5) as answer:
-        return dict(json.load(answer))
+    return standins.running(
+        *("--meters", STANDIN_METERS, "--read-rate", str(read_rate)),
+        *("--latency-ms", str(latency_ms)),
+        *("--rate", "1000000"),  # the set-up pushes on the stream: no v1 limit needed
+    )
 
 
 def build_world(url: str, base: str, plan: Plan) -> Metersync:
@@ -203,11 +186,11 @@ def reconcile_once(ms: Metersync, base: str, plan: Plan) -> Run:
     """One timed ``reconcile()`` at the pace of ``plan.read_rate``."""
     gateway = ms.gateway()
     assert gateway is not None
-    before = standin_stats(base)
+    before = standins.stats(base)
     started = time.perf_counter()
     summary = reconcile(ms, gateway, period="current")
     elapsed = time.perf_counter() - started
-    after = standin_stats(base)
+    after = standins.stats(base)
     delta = {key: after[key] - before[key] for key in after}
     return Run(
         pairs=len(summary.pairs),

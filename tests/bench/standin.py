@@ -39,9 +39,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -358,6 +363,28 @@ def parse_meters(text: str) -> dict[str, str]:
             )
         meters[name] = formula
     return meters
+
+
+@contextmanager
+def running(*options: str) -> Iterator[str]:
+    """This stand-in as its own process with ``options``; yields its base URL, stopped
+    afterwards."""
+    command = [sys.executable, "-m", "tests.bench.standin", *options]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("port "):
+            raise RuntimeError(f"the stand-in did not start: {line!r}")
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def stats(base: str) -> dict[str, int]:
+    """The counts of the stand-in at ``base``."""
+    with urllib.request.urlopen(f"{base}/_stats", timeout=5) as answer:
+        return dict(json.load(answer))
 
 
 def main() -> None:
