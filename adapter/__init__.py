@@ -7,8 +7,8 @@ ms.increment("acct_1", 10, meter="api_calls", idempotency_key="req-1")
 
 from adapter.client import Metersync, connect
 from adapter.errors import InvalidUsage, MetersyncError
-from adapter.queries import MeterUsage, Usage
-from adapter.recorder import BatchResult, Receipt, Rejected
+from adapter.reading.usage import MeterUsage, Usage
+from adapter.recording.recorder import BatchResult, Receipt, Rejected
 
 __all__ = [
     "BatchResult",

@@ -9,20 +9,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapter import db, validation
-from adapter.catalog import Accounts, Meters
+from adapter.domain import validation
 from adapter.errors import ConfigurationError, InvalidPeriod, InvalidUsage, MetersyncError
 from adapter.gateway import Gateway
 from adapter.gateway.stream import STREAM_CHUNK
-from adapter.models import UsageReport, table, utcnow
-from adapter.periods import Periods
-from adapter.pushing import Pusher, PushResult, close_reports, pushable_ids
-from adapter.queries import Usage, read_usage
-from adapter.reconcile import ReconcileSummary, reconcile
-from adapter.recorder import BatchResult, Receipt, Recorder
-from adapter.report_list import ReportInfo, list_reports
-from adapter.schedule_store import ScheduleStore
-from adapter.stream_push import StreamPusher
+from adapter.pushing.pusher import Pusher, PushResult, close_reports, pushable_ids
+from adapter.pushing.stream import StreamPusher
+from adapter.reading.reports import ReportInfo, list_reports
+from adapter.reading.usage import Usage, read_usage
+from adapter.reconciling.run import ReconcileSummary, reconcile
+from adapter.recording.recorder import BatchResult, Receipt, Recorder
+from adapter.store import db
+from adapter.store.catalog import Accounts, Meters
+from adapter.store.models import UsageReport, table, utcnow
+from adapter.store.periods import Periods
+from adapter.store.schedule import ScheduleStore
 from config.settings import Settings
 
 DateLike = str | date | datetime
@@ -172,7 +173,7 @@ class Metersync:
         self, *, period: str = "current", account: str | None = None, repair: bool = False
     ) -> ReconcileSummary:
         """Compare what was sent with Stripe's meter event summaries, per (customer, meter,
-        period), repairing drift only with ``repair`` (see :mod:`adapter.reconcile`)."""
+        period), repairing drift only with ``repair`` (see :mod:`adapter.reconciling.run`)."""
         gateway = self.gateway()
         if gateway is None:
             raise ConfigurationError(

@@ -12,8 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 from adapter.client import DateLike, Metersync, connect
-from adapter.queries import Usage
-from adapter.recorder import Receipt
+from adapter.reading.usage import Usage
+from adapter.recording.recorder import Receipt
 
 _default: Metersync | None = None
 _lock = threading.Lock()

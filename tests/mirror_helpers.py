@@ -11,7 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from adapter.client import Metersync
-from adapter.mirror_models import (
+from adapter.mirror import deliveries, process
+from adapter.mirror.context import Apply, Processed
+from adapter.mirror.effects import invoice_drafted
+from adapter.store.mirror_models import (
     Invoice,
     InvoiceLine,
     InvoiceReport,
@@ -23,11 +26,7 @@ from adapter.mirror_models import (
     SyncState,
     WebhookDelivery,
 )
-from adapter.models import BillingPeriod, Meter, UsageReport, table
-from webhooks import deliveries
-from webhooks.mirror import process
-from webhooks.mirror.context import Apply, Processed
-from webhooks.mirror.effects import invoice_drafted
+from adapter.store.models import BillingPeriod, Meter, UsageReport, table
 
 #: What :func:`clear_mirror` empties: every table the mirror writes, the sync state, and
 #: the billing periods the mirrored subscriptions set.

@@ -20,13 +20,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapter import schedule as schedules
 from adapter.client import Metersync
+from adapter.domain import schedule as schedules
+from adapter.domain.items import BatchResult, Receipt
 from adapter.errors import ConfigurationError
-from adapter.items import BatchResult, Receipt
-from adapter.mirror_models import Invoice
-from adapter.models import table
-from adapter.schedule_store import ScheduleChange, ScheduleState
+from adapter.store.mirror_models import Invoice
+from adapter.store.models import table
+from adapter.store.schedule import ScheduleChange, ScheduleState
 from webhooks.auth import OpsActor
 from webhooks.errors import (
     BadRequest,

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import structlog
 from fastapi.concurrency import run_in_threadpool
 
-from webhooks import deliveries
+from adapter.mirror import deliveries
 
 log = structlog.get_logger("metersync.webhook")
 #: Most deliveries written in one transaction.
@@ -46,7 +46,7 @@ class GroupWriter:
         self._writer: asyncio.Task[None] | None = None
 
     async def store(self, values: dict[str, Any]) -> int | None:
-        """Store one row from :func:`webhooks.deliveries.row` with the next group; its id,
+        """Store one row from :func:`adapter.mirror.deliveries.row` with the next group; its id,
         or ``None`` when its event id is stored already. Raises what kept it from being
         stored (``sqlalchemy.exc.DataError`` for a value its column cannot hold...)."""
         loop = asyncio.get_running_loop()

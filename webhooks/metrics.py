@@ -48,10 +48,10 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from adapter.drift import DRIFT
-from adapter.mirror_models import WebhookDelivery
-from adapter.models import UsageReport, table, utcnow
-from adapter.reconcile_models import ReconcilePair, ReconcileRun
+from adapter.domain.drift import DRIFT
+from adapter.store.mirror_models import WebhookDelivery
+from adapter.store.models import UsageReport, table, utcnow
+from adapter.store.reconcile_models import ReconcilePair, ReconcileRun
 
 log = structlog.get_logger("metersync.metrics")
 _REPORTS, _DELIVERIES = table(UsageReport), table(WebhookDelivery)

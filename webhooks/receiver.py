@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, Request, Response
 
+from adapter.mirror import deliveries
 from config import defaults
-from webhooks import deliveries
 from webhooks.errors import BadRequest, PayloadTooLarge, Unavailable
 from webhooks.metrics import Metrics
 from webhooks.signature import SignatureError, verify

@@ -18,20 +18,20 @@ import sqlalchemy as sa
 import structlog
 from dramatiq.rate_limits import ConcurrentRateLimiter, WindowRateLimiter
 
-from adapter import reconcile as reconciling
 from adapter.client import Metersync
 from adapter.gateway import TransientError
-from adapter.mirror_models import WebhookDelivery
-from adapter.models import UsageReport, table
-from adapter.pushing import PUSHABLE, Pusher
-from adapter.stream_push import StreamPusher
+from adapter.pushing.pusher import PUSHABLE, Pusher
+from adapter.pushing.stream import StreamPusher
+from adapter.reconciling import run as reconciling
+from adapter.store.mirror_models import WebhookDelivery
+from adapter.store.models import UsageReport, table
 from config import defaults
 from config.settings import Settings
 from workers.broker import QUEUE, BrokerHandle
 from workers.rate_limit import SlidingWindowLimiter
 
 if TYPE_CHECKING:
-    from webhooks.mirror.context import Processed, Refetch
+    from adapter.mirror.context import Processed, Refetch
 
 log = structlog.get_logger("metersync.worker")
 _REPORTS, _DELIVERIES = table(UsageReport), table(WebhookDelivery)
@@ -76,7 +76,7 @@ class Actors:
     transport: str = "v1"
     #: The database, to put each report's (account, meter) in its v1 message.
     engine: sa.Engine | None = None
-    #: Runs ``adapter.reconcile`` (report only) for the scheduler; takes the period.
+    #: Runs ``adapter.reconciling.run`` (report only) for the scheduler; takes the period.
     reconcile: Any = None
 
     def enqueue_pushes(self, report_ids: Iterable[int]) -> int:
@@ -151,7 +151,7 @@ def declare(handle: BrokerHandle, ms: Metersync) -> Actors:
             raise dramatiq.Retry(f"{len(waiting)} reports not taken by Stripe yet")
 
     # Imported here, once: the mirror loads only where actors run, not per message.
-    from webhooks.mirror.process import process_delivery
+    from adapter.mirror.process import process_delivery
 
     refetch = gateway.retrieve if gateway is not None else None
 

@@ -16,10 +16,10 @@ from datetime import datetime
 import sqlalchemy as sa
 import structlog
 
-from adapter import schedule as schedules
 from adapter.client import Metersync
-from adapter.models import table, utcnow
-from adapter.reconcile_models import ReconcileRun
+from adapter.domain import schedule as schedules
+from adapter.store.models import table, utcnow
+from adapter.store.reconcile_models import ReconcileRun
 from workers.actors import Actors
 
 log = structlog.get_logger("metersync.scheduler")

@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 import redis
 import structlog
 
-from adapter import schedule as schedules
-from adapter import unlinked
 from adapter.client import Metersync
-from adapter.models import utcnow
-from adapter.pushing import claim_for_push, close_reports
+from adapter.domain import schedule as schedules
+from adapter.pushing import unlinked
+from adapter.pushing.pusher import claim_for_push, close_reports
+from adapter.store.models import utcnow
 from workers.actors import Actors, stale_deliveries
 from workers.reconcile_schedule import ReconcileTicker
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from adapter.catalog import AccountInfo
 from adapter.cli.context import connected, console, print_listing
+from adapter.store.catalog import AccountInfo
 
 app = typer.Typer(help="Create, update and list accounts.", no_args_is_help=True)
 

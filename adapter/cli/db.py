@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 from alembic.util import CommandError
 
-from adapter import db
 from adapter.cli.context import console, state
 from adapter.errors import MetersyncError
+from adapter.store import db
 
 app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 

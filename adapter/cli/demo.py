@@ -25,7 +25,7 @@ from adapter.cli.reports import events_title, print_table, results_table, summar
 from adapter.cli.usage import usage_table
 from adapter.client import Metersync
 from adapter.errors import InvalidUsage
-from adapter.pushing import PushResult
+from adapter.pushing.pusher import PushResult
 from config.settings import Settings
 
 #: The account the demo records usage for.

@@ -13,7 +13,7 @@ from rich.text import Text
 from adapter.cli.context import connected, console, print_json
 from adapter.cli.reports import AsJson, print_table, show_timestamp, status_text, utc
 from adapter.cli.usage import show_decimal
-from adapter.explain import Explanation, LineExplanation, LinkedReport, explain_invoice
+from adapter.reading.explain import Explanation, LineExplanation, LinkedReport, explain_invoice
 
 InvoiceId = Annotated[
     str,

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from adapter import meter_check
-from adapter.catalog import MeterInfo
 from adapter.cli.context import connected, console, print_json, print_listing
 from adapter.cli.errors import fail
+from adapter.pushing import meter_check
+from adapter.store.catalog import MeterInfo
 
 app = typer.Typer(
     help="Create, update and list meters, and check them against Stripe.", no_args_is_help=True
@@ -19,7 +19,7 @@ app = typer.Typer(
 
 
 class AggregationChoice(StrEnum):
-    """The choices of ``--aggregation``: ``adapter.aggregation.AGGREGATIONS``."""
+    """The choices of ``--aggregation``: ``adapter.domain.aggregation.AGGREGATIONS``."""
 
     SUM = "sum"
     COUNT = "count"
@@ -28,7 +28,7 @@ class AggregationChoice(StrEnum):
 
 
 class RoundingChoice(StrEnum):
-    """The choices of ``--rounding``: ``adapter.catalog.ROUNDINGS``."""
+    """The choices of ``--rounding``: ``adapter.store.catalog.ROUNDINGS``."""
 
     DOWN = "down"
     UP = "up"

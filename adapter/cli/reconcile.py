@@ -11,10 +11,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from adapter import reconcile as reconciling
 from adapter.cli.context import connected, console, err_console, print_json, state
 from adapter.cli.errors import fail
 from adapter.cli.reports import print_table
+from adapter.reconciling import run as reconciling
 
 #: Said when no key is configured (never the key itself: there is none to show).
 NO_KEY = (

@@ -20,8 +20,8 @@ from rich.text import Text
 from adapter.cli.context import connected, console, print_json
 from adapter.cli.errors import fail
 from adapter.cli.usage import show_decimal
-from adapter.pushing import PushResult
-from adapter.report_list import ReportInfo
+from adapter.pushing.pusher import PushResult
+from adapter.reading.reports import ReportInfo
 
 #: Colours of the statuses in tables; a status not listed is printed plain.
 STATUS_STYLES = {

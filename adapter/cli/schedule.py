@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from adapter import schedule as schedules
 from adapter.cli.context import connected, console, print_json
-from adapter.schedule_store import ScheduleChange, ScheduleState
+from adapter.domain import schedule as schedules
+from adapter.store.schedule import ScheduleChange, ScheduleState
 
 #: The accepted expressions, as every help text of this group shows them.
 FORMS = (

@@ -11,10 +11,10 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from adapter import sync as syncing
 from adapter.cli.context import connected, console, err_console, print_json, state
 from adapter.cli.errors import fail
 from adapter.cli.reports import print_table
+from adapter.mirror import sync as syncing
 
 #: Said when no key is configured. Never the key itself: there is none to show.
 NO_KEY = (
@@ -26,7 +26,7 @@ SHOWN = ("processed", "skipped")
 
 
 class Resource(StrEnum):
-    """What ``--only`` accepts (pinned to ``adapter.sync.RESOURCES``)."""
+    """What ``--only`` accepts (pinned to ``adapter.mirror.sync.RESOURCES``)."""
 
     METERS = "meters"
     PRICES = "prices"

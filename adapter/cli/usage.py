@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from adapter.cli.context import connected, console, print_json
-from adapter.queries import Usage
+from adapter.reading.usage import Usage
 
 #: How the title explains where the period came from.
 PERIOD_SOURCES = {

@@ -29,12 +29,12 @@ from adapter.cli.reports import (
     undelivered,
 )
 from adapter.errors import MetersyncError
-from adapter.mirror_models import WebhookDelivery
-from adapter.models import table
+from adapter.store.mirror_models import WebhookDelivery
+from adapter.store.models import table
 
 if TYPE_CHECKING:
     from adapter.client import Metersync
-    from webhooks.mirror.context import Processed
+    from adapter.mirror.context import Processed
 
 _DELIVERIES = table(WebhookDelivery)
 #: Colours of delivery statuses; the others print plain.
@@ -199,7 +199,7 @@ def replay(ctx: typer.Context, delivery_id: DeliveryId, as_json: AsJson = False)
 def _replay(ms: Metersync, delivery_id: int) -> Processed:
     """Run the mirror on the delivery; an error is kept on the delivery and reported as
     one line with the status it left, not a traceback (unexpected ones are logged too)."""
-    from webhooks.mirror import process
+    from adapter.mirror import process
 
     gateway = ms.gateway()
     # Settles same-second ties by reading the object from Stripe, when a key is set.

@@ -7,9 +7,9 @@ from alembic import context
 from sqlmodel import SQLModel
 
 # Imported for their side effect: each registers its tables on SQLModel.metadata.
-import adapter.mirror_models
-import adapter.models
-import adapter.reconcile_models  # noqa: F401
+import adapter.store.mirror_models
+import adapter.store.models
+import adapter.store.reconcile_models  # noqa: F401
 
 target_metadata = SQLModel.metadata
 

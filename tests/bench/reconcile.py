@@ -55,8 +55,8 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.models import Account, BillingPeriod, table
-from adapter.reconcile import reconcile
+from adapter.reconciling.run import reconcile
+from adapter.store.models import Account, BillingPeriod, table
 from config.logging import configure_logging
 from config.settings import Settings
 from tests.bench import standin as standins

@@ -15,11 +15,11 @@ import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 import adapter
-from adapter import db
-from adapter.aggregation import AGGREGATIONS
-from adapter.catalog import ROUNDINGS
 from adapter.cli import app
 from adapter.cli.meters import AggregationChoice, RoundingChoice
+from adapter.domain.aggregation import AGGREGATIONS
+from adapter.store import db
+from adapter.store.catalog import ROUNDINGS
 from config.settings import Settings
 from tests.e2e.helpers import row
 from tests.servers import Postgres

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 import adapter
 from adapter.cli import app
-from adapter.models import UsageReport, table
+from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests.e2e.helpers import row
 from tests.mirror_helpers import draft, hour, link_meter, mirror_invoice, record

@@ -31,7 +31,7 @@ from typer.testing import CliRunner, Result
 import adapter
 from adapter.cli import app
 from adapter.cli.reconcile import NO_KEY
-from adapter.models import Account, Meter, UsageReport, table, utcnow
+from adapter.store.models import Account, Meter, UsageReport, table, utcnow
 from config.settings import Settings
 from tests import stripe_standin
 from tests.e2e.flow import _CLI, API_KEY

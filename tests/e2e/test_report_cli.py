@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 import adapter
 from adapter.cli import app
 from adapter.cli.reports import ReportStatus
-from adapter.report_list import STATUSES
+from adapter.reading.reports import STATUSES
 from config.settings import Settings
 from tests.e2e.helpers import NOW, row
 from tests.gateways import EVENTS_URL, accept_meter_event

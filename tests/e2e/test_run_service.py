@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import adapter
-from adapter.models import UsageReport, table
+from adapter.store.models import UsageReport, table
 from config.settings import Settings
 
 _REPORTS = table(UsageReport)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 
 import adapter
 from adapter.cli import app
-from adapter.schedule_store import ScheduleChange, ScheduleState
+from adapter.store.schedule import ScheduleChange, ScheduleState
 from config.settings import Settings
 
 #: The clock stands still at :data:`tests.e2e.helpers.NOW`, so ticks and times are known.

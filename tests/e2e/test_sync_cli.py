@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 import adapter
-from adapter import sync as syncing
 from adapter.cli import app
 from adapter.cli.sync import NO_KEY
+from adapter.mirror import sync as syncing
 from config.settings import Settings
 from tests import stripe_events as se
 from tests.e2e.helpers import error_line, row

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.models import UsageReport, table
+from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests import stripe_events as se
 from tests import stripe_standin

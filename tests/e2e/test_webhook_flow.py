@@ -25,9 +25,9 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.mirror_models import WebhookDelivery
-from adapter.models import UsageEvent, UsageReport, table
-from adapter.periods import CACHE_SECONDS
+from adapter.store.mirror_models import WebhookDelivery
+from adapter.store.models import UsageEvent, UsageReport, table
+from adapter.store.periods import CACHE_SECONDS
 from config.settings import Settings
 from tests import stripe_events as se
 from tests import stripe_standin

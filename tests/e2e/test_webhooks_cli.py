@@ -19,13 +19,12 @@ from typer.testing import CliRunner, Result
 from adapter.cli import app
 from adapter.cli.webhooks import DeliveryInfo
 from adapter.client import Metersync
-from adapter.mirror_models import StripeCustomer, WebhookDelivery
-from adapter.models import table
+from adapter.mirror import deliveries, process, router
+from adapter.mirror.context import Apply
+from adapter.store.mirror_models import StripeCustomer, WebhookDelivery
+from adapter.store.models import table
 from tests import stripe_events as se
 from tests.e2e.helpers import error_line, row
-from webhooks import deliveries
-from webhooks.mirror import process, router
-from webhooks.mirror.context import Apply
 
 pytestmark = pytest.mark.usefixtures("logs")
 runner = CliRunner()

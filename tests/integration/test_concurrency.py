@@ -23,8 +23,8 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.models import UsageEvent, UsageReport, table
-from adapter.recorder import Receipt
+from adapter.recording.recorder import Receipt
+from adapter.store.models import UsageEvent, UsageReport, table
 from config.settings import Settings
 from tests.servers import Postgres
 

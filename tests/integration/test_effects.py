@@ -1,5 +1,5 @@
 """What a new billing period and a draft cycle invoice do to usage reports
-(``webhooks.mirror.effects``), on SQLite and PostgreSQL.
+(``adapter.mirror.effects``), on SQLite and PostgreSQL.
 
 Usage is recorded with explicit timestamps *before* the boundary is stored, so report
 windows straddle it, as they do when the mirror learns of a period late. Meter events are
@@ -25,11 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import adapter
-from adapter.aggregation import Aggregate
 from adapter.client import Metersync
-from adapter.mirror_models import Invoice, InvoiceReport, Price
-from adapter.models import BillingPeriod, UsageEvent, UsageReport, table
-from adapter.pushing import close_reports
+from adapter.domain.aggregation import Aggregate
+from adapter.mirror.context import Apply
+from adapter.mirror.effects import link_invoice, period_started
+from adapter.pushing.pusher import close_reports
+from adapter.store.mirror_models import Invoice, InvoiceReport, Price
+from adapter.store.models import BillingPeriod, UsageEvent, UsageReport, table
 from config.settings import Settings
 from tests.gateways import EVENTS_URL, accept_meter_event, make_gateway
 from tests.mirror_helpers import (
@@ -43,8 +45,6 @@ from tests.mirror_helpers import (
     record,
     report_at,
 )
-from webhooks.mirror.context import Apply
-from webhooks.mirror.effects import link_invoice, period_started
 
 _REPORTS, _EVENTS, _PERIODS = table(UsageReport), table(UsageEvent), table(BillingPeriod)
 _INVOICES, _LINKS = table(Invoice), table(InvoiceReport)

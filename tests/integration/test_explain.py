@@ -1,4 +1,4 @@
-"""Explaining a mirrored invoice (``adapter.explain``): each metered line beside the
+"""Explaining a mirrored invoice (``adapter.reading.explain``): each metered line beside the
 reports linked to it, on SQLite and PostgreSQL, with meter events pushed through an
 intercepted Stripe gateway."""
 
@@ -14,19 +14,19 @@ import responses
 
 import adapter
 from adapter.client import Metersync
-from adapter.explain import (
+from adapter.mirror.linking import link_invoice
+from adapter.reading.explain import (
     LinkedReport,
     UnknownInvoice,
     disagreement,
     explain_invoice,
     sent_total,
 )
-from adapter.mirror_models import Invoice, InvoiceLine
-from adapter.models import UsageReport, table
+from adapter.store.mirror_models import Invoice, InvoiceLine
+from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests import mirror_helpers as mh
 from tests.gateways import EVENTS_URL, accept_meter_event, make_gateway
-from webhooks.mirror.linking import link_invoice
 
 _LINES, _INVOICES, _REPORTS = table(InvoiceLine), table(Invoice), table(UsageReport)
 

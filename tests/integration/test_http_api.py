@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from adapter.client import Metersync
-from adapter.mirror_models import Invoice, WebhookDelivery
-from adapter.models import AuditLog, UsageEvent, UsageReport, table, utcnow
+from adapter.store.mirror_models import Invoice, WebhookDelivery
+from adapter.store.models import AuditLog, UsageEvent, UsageReport, table, utcnow
 from config.settings import Settings
 from tests.servers import Redis
 from webhooks import api

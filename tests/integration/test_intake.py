@@ -14,12 +14,12 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.mirror_models import WebhookDelivery
-from adapter.models import table
+from adapter.mirror import deliveries
+from adapter.store.mirror_models import WebhookDelivery
+from adapter.store.models import table
 from config.settings import Settings
 from tests.conftest import _empty
 from tests.signing import event
-from webhooks import deliveries
 from webhooks.intake import GroupWriter
 
 _DELIVERIES = table(WebhookDelivery)

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 import adapter
-from adapter import db
 from adapter.errors import MetersyncError, SchemaOutOfDate
+from adapter.store import db
 from config.settings import Settings
 from tests.servers import Postgres
 
@@ -117,7 +117,7 @@ def test_migrations_create_exactly_the_models(engine: sa.Engine, tmp_path: Path)
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
-    import adapter.mirror_models  # noqa: F401  (registers the mirror tables)
+    import adapter.store.mirror_models  # noqa: F401  (registers the mirror tables)
 
     sqlite = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     for eng in (engine, sqlite):

@@ -14,7 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from adapter.client import Metersync
-from adapter.mirror_models import (
+from adapter.mirror import deliveries, effects, process, router, shapes
+from adapter.mirror.context import Apply
+from adapter.store.mirror_models import (
     Invoice,
     InvoiceLine,
     Price,
@@ -23,12 +25,9 @@ from adapter.mirror_models import (
     Subscription,
     SubscriptionItem,
 )
-from adapter.models import Account, AuditLog, BillingPeriod, table
+from adapter.store.models import Account, AuditLog, BillingPeriod, table
 from tests import stripe_events as se
 from tests.mirror_helpers import account_id, clear_mirror, deliver, delivery_of, utc
-from webhooks import deliveries
-from webhooks.mirror import effects, process, router, shapes
-from webhooks.mirror.context import Apply
 
 _SUBS, _ITEMS, _CUSTOMERS = table(Subscription), table(SubscriptionItem), table(StripeCustomer)
 _INVOICES, _LINES = table(Invoice), table(InvoiceLine)

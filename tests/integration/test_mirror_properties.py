@@ -23,18 +23,17 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from adapter.client import Metersync
-from adapter.mirror_models import (
+from adapter.mirror import deliveries, process
+from adapter.store.mirror_models import (
     Invoice,
     InvoiceLine,
     Subscription,
     SubscriptionItem,
     WebhookDelivery,
 )
-from adapter.models import table
+from adapter.store.models import table
 from tests import stripe_events as se
 from tests.mirror_helpers import clear_mirror, utc
-from webhooks import deliveries
-from webhooks.mirror import process
 
 _DELIVERIES, _SUBS, _ITEMS = table(WebhookDelivery), table(Subscription), table(SubscriptionItem)
 _INVOICES, _LINES = table(Invoice), table(InvoiceLine)
@@ -205,7 +204,7 @@ def scenarios(draw: st.DrawFn, *, ties: bool = False) -> Scenario:
     """Histories, shuffled with duplicates. With ``ties``: one or more objects get two
     consecutive events in the same second; without a Stripe key only where the later
     event is a lifecycle step ahead (an equal-rank tie may settle on either version: see
-    ``webhooks/mirror/ordering.py``)."""
+    ``adapter/mirror/ordering.py``)."""
     subs = tuple(draw(sub_histories(f"sub_{c}")) for c in "ab"[: draw(st.integers(1, 2))])
     invoices = tuple(
         draw(invoice_histories(f"in_{c}", subs)) for c in "ab"[: draw(st.integers(1, 2))]
@@ -315,7 +314,7 @@ def events(scenario: Scenario) -> list[dict[str, Any]]:
 
 
 def model(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
-    """The ordering rules of ``webhooks/mirror/ordering.py`` played on the first delivery
+    """The ordering rules of ``adapter/mirror/ordering.py`` played on the first delivery
     of each event: each event's delivery status, and each object's last applied event."""
     stored: dict[str, tuple[int, Sub | Inv]] = {}
     statuses: dict[str, str] = {}

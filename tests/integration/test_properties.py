@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from adapter.aggregation import Aggregation
 from adapter.client import Metersync
+from adapter.domain.aggregation import Aggregation
 from adapter.errors import InvalidPeriod
-from adapter.recorder import Receipt
+from adapter.recording.recorder import Receipt
 
 #: The fixture's meters and their aggregations.
 METERS: dict[str, Aggregation] = {

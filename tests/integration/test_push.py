@@ -18,8 +18,8 @@ import tenacity
 import adapter
 from adapter.client import Metersync
 from adapter.gateway import Gateway
-from adapter.models import UsageReport, table
-from adapter.pushing import close_reports
+from adapter.pushing.pusher import close_reports
+from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests.conftest import _empty
 
@@ -225,7 +225,7 @@ def test_increments_racing_closes_are_counted_in_exactly_one_report(
     in exactly one report, and every event points at a report that holds it."""
     import threading
 
-    from adapter.pushing import close_reports
+    from adapter.pushing.pusher import close_reports
     from tests.servers import Postgres
 
     assert isinstance(postgres_server, Postgres)

@@ -25,8 +25,8 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.models import Account, Meter, UsageReport, table
-from adapter.pushing import PUSHABLE, close_reports, pushable_ids
+from adapter.pushing.pusher import PUSHABLE, close_reports, pushable_ids
+from adapter.store.models import Account, Meter, UsageReport, table
 from config.settings import Settings
 from tests.servers import Postgres, Redis
 from workers.actors import Actors, declare, mutex_ttl_ms

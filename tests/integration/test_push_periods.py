@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.models import UsageEvent, UsageReport, table
-from adapter.periods import store_period
+from adapter.store.models import UsageEvent, UsageReport, table
+from adapter.store.periods import store_period
 from config.settings import Settings
 from tests.integration.test_push import EVENTS_URL, _gateway, _ok
 

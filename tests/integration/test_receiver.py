@@ -20,8 +20,8 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from adapter.client import Metersync
-from adapter.mirror_models import Invoice, WebhookDelivery
-from adapter.models import table
+from adapter.store.mirror_models import Invoice, WebhookDelivery
+from adapter.store.models import table
 from config import defaults
 from tests.servers import Redis
 from tests.signing import SECRET, event, sign, signed_headers

@@ -1,4 +1,4 @@
-"""``adapter.reconcile`` on SQLite and PostgreSQL against Stripe's meter endpoints played by
+"""``adapter.reconciling.run`` on SQLite and PostgreSQL against Stripe's meter endpoints played by
 ``responses``: a planted drift of each kind (missing on a sum meter, a cancellable and an
 uncancellable excess, a wrong last value, a pair still settling), repairs that make the
 next run match, nothing written to Stripe without ``repair``, pacing and resuming."""
@@ -13,10 +13,10 @@ import pytest
 import responses
 import sqlalchemy as sa
 
-from adapter import reconcile as reconciling
 from adapter.client import Metersync
-from adapter.models import AuditLog, Meter, UsageReport, table, utcnow
-from adapter.reconcile import ReconcileSummary
+from adapter.reconciling import run as reconciling
+from adapter.reconciling.run import ReconcileSummary
+from adapter.store.models import AuditLog, Meter, UsageReport, table, utcnow
 from tests.gateways import make_gateway
 from tests.stripe_meter_model import meter_id
 from tests.stripe_meters import StripeMeters

@@ -15,8 +15,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.rate_limits.backends import StubBackend
 
 from adapter.client import Metersync
-from adapter.models import table, utcnow
-from adapter.reconcile_models import ReconcileRun
+from adapter.store.models import table, utcnow
+from adapter.store.reconcile_models import ReconcileRun
 from tests.gateways import make_gateway
 from tests.stripe_meters import StripeMeters
 from workers.actors import declare

@@ -24,7 +24,7 @@ from adapter.errors import (
     UnknownAccount,
     UnknownMeter,
 )
-from adapter.models import UsageEvent, UsageReport, table
+from adapter.store.models import UsageEvent, UsageReport, table
 from config.settings import Settings
 from tests.servers import Postgres
 

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 import time_machine
 
 import adapter
-from adapter import schedule_store
 from adapter.client import Metersync
 from adapter.errors import ConfigurationError, MetersyncError
-from adapter.models import AuditLog, ScheduleRow, UsageReport, table
+from adapter.store import schedule as schedule_store
+from adapter.store.models import AuditLog, ScheduleRow, UsageReport, table
 from config.settings import Settings
 
 _AUDIT, _SCHEDULE, _REPORTS = table(AuditLog), table(ScheduleRow), table(UsageReport)

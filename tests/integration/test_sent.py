@@ -10,7 +10,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from adapter.client import Metersync
-from adapter.models import UsageReport, table
+from adapter.store.models import UsageReport, table
 
 _REPORTS = table(UsageReport)
 

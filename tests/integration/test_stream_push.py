@@ -18,9 +18,9 @@ from dramatiq.rate_limits.backends import StubBackend
 import adapter
 from adapter.client import Metersync
 from adapter.gateway import Gateway
-from adapter.models import UsageReport, table
-from adapter.pushing import claim_for_push, close_reports
-from adapter.stream_push import StreamPusher
+from adapter.pushing.pusher import claim_for_push, close_reports
+from adapter.pushing.stream import StreamPusher
+from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from workers.actors import declare
 from workers.broker import QUEUE, BrokerHandle

@@ -1,4 +1,4 @@
-"""``adapter.sync`` on SQLite and PostgreSQL, with Stripe's list endpoints played by
+"""``adapter.mirror.sync`` on SQLite and PostgreSQL, with Stripe's list endpoints played by
 ``responses``: resource order, resumable cursors, ``restart``, pacing, pushing what the
 mirror closed, and event replay (new events only, oldest first)."""
 
@@ -12,17 +12,17 @@ import responses
 import sqlalchemy as sa
 
 import adapter
-from adapter import sync as syncing
 from adapter.client import Metersync
 from adapter.gateway import Gateway
-from adapter.mirror_models import SyncState, WebhookDelivery
-from adapter.models import table
-from adapter.pushing import close_reports
+from adapter.mirror import deliveries
+from adapter.mirror import sync as syncing
+from adapter.mirror.context import Processed, Refetch
+from adapter.pushing.pusher import close_reports
+from adapter.store.mirror_models import SyncState, WebhookDelivery
+from adapter.store.models import table
 from config.settings import Settings
 from tests.gateways import make_gateway
 from tests.stripe_lists import API, StripeLists, error
-from webhooks import deliveries
-from webhooks.mirror.context import Processed, Refetch
 
 _STATE = table(SyncState)
 _DELIVERIES = table(WebhookDelivery)
@@ -149,7 +149,7 @@ def event(n: int, *, created: int, obj: dict[str, Any] | None = None) -> dict[st
 
 
 class FakeMirror:
-    """Records what it was handed; stands in for ``webhooks.mirror.process``."""
+    """Records what it was handed; stands in for ``adapter.mirror.process``."""
 
     def __init__(self) -> None:
         self.applied: list[str] = []
@@ -556,7 +556,7 @@ def test_real_mirror_stores_objects_of_both_shapes(
     ms: Metersync, stripe_lists: StripeLists
 ) -> None:
     """With the real mirror, every listed object lands in its mirror table."""
-    process = pytest.importorskip("webhooks.mirror.process")
+    process = pytest.importorskip("adapter.mirror.process")
     fill(stripe_lists)
 
     summary = syncing.sync(ms, _gateway(), pace=lambda: None, mirror=process)
@@ -578,7 +578,7 @@ def test_sync_linking_a_customer_pushes_its_unlinked_reports(
     db_url: str, stripe_api: responses.RequestsMock, stripe_lists: StripeLists
 ) -> None:
     """A report waiting for its customer is pushed by the sync that links the account."""
-    process = pytest.importorskip("webhooks.mirror.process")
+    process = pytest.importorskip("adapter.mirror.process")
     ms = adapter.connect(Settings(database_url=db_url, auto_migrate=True), gateway=_gateway())
     try:
         ms.meters.upsert("api_calls", aggregation="sum")

@@ -14,8 +14,8 @@ from dramatiq.rate_limits import ConcurrentRateLimiter
 from dramatiq.rate_limits.backends import StubBackend
 
 from adapter.client import Metersync
-from adapter.models import UsageReport, table
-from adapter.pushing import close_reports
+from adapter.pushing.pusher import close_reports
+from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests.servers import Redis
 from workers.actors import _pair_slots, declare

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapter.aggregation import AGGREGATIONS, ZERO, Aggregate, Aggregation, combine
+from adapter.domain.aggregation import AGGREGATIONS, ZERO, Aggregate, Aggregation, combine
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

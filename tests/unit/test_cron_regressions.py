@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapter.schedule import parse
+from adapter.domain.schedule import parse
 
 
 @pytest.mark.parametrize(

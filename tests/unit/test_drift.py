@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapter import drift
-from adapter.drift import Candidate, Counted, Pair
+from adapter.domain import drift
+from adapter.domain.drift import Candidate, Counted, Pair
 
 NOW = datetime(2026, 11, 20, 12, 0, 30, tzinfo=UTC)
 START = datetime(2026, 11, 3, 8, 15, 17, tzinfo=UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from adapter.latest import Earlier, LatestDecision, decide, held_value
+from adapter.domain.latest import Earlier, LatestDecision, decide, held_value
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 START, END = NOW - timedelta(hours=6), NOW + timedelta(hours=6)

@@ -7,17 +7,17 @@ from typing import Any
 
 import pytest
 
-from adapter.aggregation import AGGREGATIONS, Aggregation
-from adapter.catalog import MeterInfo
+from adapter.domain.aggregation import AGGREGATIONS, Aggregation
 from adapter.errors import ConfigurationError
 from adapter.gateway import StripeMeter
-from adapter.meter_check import (
+from adapter.pushing.meter_check import (
     CheckResult,
     MeterProblem,
     check,
     check_meters,
     stripe_meter_for,
 )
+from adapter.store.catalog import MeterInfo
 from config.settings import Settings
 
 

@@ -9,8 +9,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from tests import stripe_events as se
-from webhooks.mirror import (
+from adapter.mirror import (
     customers,
     invoices,
     meters,
@@ -20,6 +19,7 @@ from webhooks.mirror import (
     shapes,
     subscriptions,
 )
+from tests import stripe_events as se
 
 
 def utc(ts: int) -> datetime:

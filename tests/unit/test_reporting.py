@@ -13,9 +13,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from adapter import catalog
-from adapter.aggregation import AGGREGATIONS, ZERO, Aggregation
-from adapter.reporting import (
+from adapter.domain.aggregation import AGGREGATIONS, ZERO, Aggregation
+from adapter.domain.reporting import (
     FUTURE_MARGIN,
     PAST_MARGIN,
     ROUNDINGS,
@@ -27,6 +26,7 @@ from adapter.reporting import (
     stripe_formula,
     value_to_send,
 )
+from adapter.store import catalog
 
 NOW = datetime(2026, 3, 10, 12, 34, 56, 789000, tzinfo=UTC)
 HOUR = timedelta(hours=1)

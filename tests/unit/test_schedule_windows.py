@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapter import schedule
+from adapter.domain import schedule
+from adapter.domain.windows import Period, Window, period_containing, window_for
 from adapter.errors import ConfigurationError
-from adapter.windows import Period, Window, period_containing, window_for
 
 T = datetime(2026, 3, 4, 12, 34, 56, tzinfo=UTC)
 HOUR = schedule.parse("every 1h")

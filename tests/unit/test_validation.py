@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from adapter import validation
+from adapter.domain import validation
 from adapter.errors import (
     InvalidPeriod,
     InvalidQuantity,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import adapter.models
+import adapter.store.models
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -29,8 +29,8 @@ def upgrade() -> None:
         sa.Column("stripe_customer_id", sa.String(length=255), nullable=True),
         sa.Column("free", sa.Boolean(), nullable=False),
         sa.Column("meta", sa.JSON(), nullable=False),
-        sa.Column("created_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("account", schema=None) as batch_op:
@@ -42,7 +42,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=255), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("subject", sa.String(length=255), nullable=False),
@@ -58,8 +58,8 @@ def upgrade() -> None:
         sa.Column("rounding", sa.String(length=8), nullable=False),
         sa.Column("stripe_meter_id", sa.String(length=255), nullable=True),
         sa.Column("stripe_formula", sa.String(length=16), nullable=True),
-        sa.Column("created_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("meter", schema=None) as batch_op:
@@ -71,15 +71,15 @@ def upgrade() -> None:
         sa.Column("expression", sa.String(length=100), nullable=False),
         sa.Column("paused", sa.Boolean(), nullable=False),
         sa.Column("updated_by", sa.String(length=255), nullable=False),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_table(
         "billing_period",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("account_id", sa.Integer(), nullable=False),
-        sa.Column("period_start", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("period_end", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("period_start", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("period_end", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("source", sa.String(length=255), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"],
@@ -94,24 +94,24 @@ def upgrade() -> None:
         sa.Column("account_id", sa.Integer(), nullable=False),
         sa.Column("meter_id", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("window_start", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("window_end", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("period_start", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("period_end", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("total", adapter.models.Quantity(), nullable=False),
+        sa.Column("window_start", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("window_end", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("period_start", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("period_end", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("total", adapter.store.models.Quantity(), nullable=False),
         sa.Column("events", sa.Integer(), nullable=False),
-        sa.Column("max_value", adapter.models.Quantity(), nullable=True),
-        sa.Column("last_value", adapter.models.Quantity(), nullable=True),
-        sa.Column("last_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("max_value", adapter.store.models.Quantity(), nullable=True),
+        sa.Column("last_value", adapter.store.models.Quantity(), nullable=True),
+        sa.Column("last_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("identifier", sa.String(length=100), nullable=True),
-        sa.Column("sent_value", adapter.models.Quantity(), nullable=True),
-        sa.Column("sent_timestamp", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("sent_value", adapter.store.models.Quantity(), nullable=True),
+        sa.Column("sent_timestamp", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("stripe_request_id", sa.String(length=255), nullable=True),
-        sa.Column("created_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("closed_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("sent_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("closed_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["account.id"],
@@ -141,9 +141,9 @@ def upgrade() -> None:
         sa.Column("account_id", sa.Integer(), nullable=False),
         sa.Column("meter_id", sa.Integer(), nullable=False),
         sa.Column("report_id", BigId, nullable=False),
-        sa.Column("quantity", adapter.models.Quantity(), nullable=False),
-        sa.Column("occurred_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("received_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("quantity", adapter.store.models.Quantity(), nullable=False),
+        sa.Column("occurred_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
         sa.Column("dimensions", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("id"),

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-import adapter.models
+import adapter.store.models
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -25,7 +25,7 @@ def upgrade() -> None:
         "installation",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("namespace", sa.String(length=64), nullable=False),
-        sa.Column("created_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     op.bulk_insert(

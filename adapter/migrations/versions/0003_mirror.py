@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import adapter.models
+import adapter.store.models
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -23,21 +23,21 @@ def upgrade() -> None:
         "invoice",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
-        sa.Column("created", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
         sa.Column("last_event_id", sa.String(length=255), nullable=True),
-        sa.Column("last_event_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_event_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("customer_id", sa.String(length=255), nullable=False),
         sa.Column("subscription_id", sa.String(length=255), nullable=True),
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("billing_reason", sa.String(length=64), nullable=True),
         sa.Column("currency", sa.String(length=8), nullable=True),
-        sa.Column("period_start", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("period_end", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("period_start", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("period_end", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("total", sa.BigInteger(), nullable=True),
-        sa.Column("flushed_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("flushed_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index(op.f("ix_invoice_customer_id"), "invoice", ["customer_id"], unique=False)
@@ -51,9 +51,9 @@ def upgrade() -> None:
         sa.Column("price_id", sa.String(length=255), nullable=True),
         sa.Column("stripe_meter_id", sa.String(length=255), nullable=True),
         sa.Column("subscription_item_id", sa.String(length=255), nullable=True),
-        sa.Column("period_start", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("period_end", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("quantity", adapter.models.Quantity(), nullable=True),
+        sa.Column("period_start", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("period_end", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("quantity", adapter.store.models.Quantity(), nullable=True),
         sa.Column("amount", sa.BigInteger(), nullable=True),
         sa.Column("currency", sa.String(length=8), nullable=True),
         sa.Column("description", sa.String(), nullable=True),
@@ -83,12 +83,12 @@ def upgrade() -> None:
         "price",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
-        sa.Column("created", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
         sa.Column("last_event_id", sa.String(length=255), nullable=True),
-        sa.Column("last_event_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_event_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("product_id", sa.String(length=255), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("currency", sa.String(length=8), nullable=True),
@@ -108,12 +108,12 @@ def upgrade() -> None:
         "stripe_customer",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
-        sa.Column("created", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
         sa.Column("last_event_id", sa.String(length=255), nullable=True),
-        sa.Column("last_event_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_event_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("email", sa.String(length=512), nullable=True),
         sa.Column("name", sa.String(length=512), nullable=True),
         sa.Column("account_id", sa.Integer(), nullable=True),
@@ -126,12 +126,12 @@ def upgrade() -> None:
         "stripe_meter",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
-        sa.Column("created", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
         sa.Column("last_event_id", sa.String(length=255), nullable=True),
-        sa.Column("last_event_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_event_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("event_name", sa.String(length=100), nullable=False),
         sa.Column("display_name", sa.String(length=255), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
@@ -147,18 +147,22 @@ def upgrade() -> None:
         "subscription",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
-        sa.Column("created", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
         sa.Column("last_event_id", sa.String(length=255), nullable=True),
-        sa.Column("last_event_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_event_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("customer_id", sa.String(length=255), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
-        sa.Column("current_period_start", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("current_period_end", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "current_period_start", adapter.store.models.UtcDateTime(timezone=True), nullable=True
+        ),
+        sa.Column(
+            "current_period_end", adapter.store.models.UtcDateTime(timezone=True), nullable=True
+        ),
         sa.Column("cancel_at_period_end", sa.Boolean(), nullable=False),
-        sa.Column("canceled_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("canceled_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index(
@@ -168,18 +172,22 @@ def upgrade() -> None:
         "subscription_item",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
-        sa.Column("created", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
         sa.Column("last_event_id", sa.String(length=255), nullable=True),
-        sa.Column("last_event_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_event_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("subscription_id", sa.String(length=255), nullable=False),
         sa.Column("price_id", sa.String(length=255), nullable=True),
         sa.Column("stripe_meter_id", sa.String(length=255), nullable=True),
         sa.Column("quantity", sa.Integer(), nullable=True),
-        sa.Column("current_period_start", adapter.models.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("current_period_end", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "current_period_start", adapter.store.models.UtcDateTime(timezone=True), nullable=True
+        ),
+        sa.Column(
+            "current_period_end", adapter.store.models.UtcDateTime(timezone=True), nullable=True
+        ),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index(
@@ -194,7 +202,7 @@ def upgrade() -> None:
         sa.Column("cursor", sa.String(length=255), nullable=True),
         sa.Column("done", sa.Boolean(), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
-        sa.Column("updated_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("resource"),
     )
     op.create_table(
@@ -202,7 +210,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("event_id", sa.String(length=255), nullable=False),
         sa.Column("type", sa.String(length=128), nullable=False),
-        sa.Column("created", adapter.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
         sa.Column("object_id", sa.String(length=255), nullable=True),
         sa.Column("payload", sa.JSON(), nullable=False),
@@ -210,8 +218,8 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("error", sa.String(), nullable=True),
         sa.Column("source", sa.String(length=16), nullable=False),
-        sa.Column("received_at", adapter.models.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("processed_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("received_at", adapter.store.models.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("processed_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("event_id"),
     )
@@ -221,7 +229,7 @@ def upgrade() -> None:
     op.create_index(op.f("ix_webhook_delivery_type"), "webhook_delivery", ["type"], unique=False)
     op.add_column(
         "usage_report",
-        sa.Column("attempted_at", adapter.models.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("attempted_at", adapter.store.models.UtcDateTime(timezone=True), nullable=True),
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import adapter.models
+import adapter.store.models
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -21,7 +21,7 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def _when(name: str, *, nullable: bool = False) -> sa.Column[object]:
-    return sa.Column(name, adapter.models.UtcDateTime(timezone=True), nullable=nullable)
+    return sa.Column(name, adapter.store.models.UtcDateTime(timezone=True), nullable=nullable)
 
 
 def upgrade() -> None:

@@ -1,0 +1,1 @@
+"""Reading usage back: per period, per report, per invoice line (explain)."""

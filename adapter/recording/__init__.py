@@ -1,0 +1,1 @@
+"""Recording usage: one increment or a batch, into open reports, cut at period boundaries."""
