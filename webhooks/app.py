@@ -44,8 +44,9 @@ def create_app(
     """The app. ``settings`` default to ``ms.settings``, else the environment (read on
     first use). ``ms`` is used as given (and not closed); without it the app connects on
     first use and closes at shutdown. ``enqueue(delivery_id)`` hands a stored webhook
-    delivery to the workers; by default ``process_webhook.send`` on the broker the
-    settings name, built on first use."""
+    delivery to the workers; by default the workers' hand-off found through the
+    ``metersync.handoff`` entry point (``process_webhook.send`` on the broker the settings
+    name, built on first use; see :mod:`workers.bootstrap`)."""
     state = AppState(settings, ms=ms, enqueue=enqueue)
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 import structlog
@@ -20,9 +21,11 @@ if TYPE_CHECKING:
     import redis
 
     from adapter.client import Metersync
-    from workers.broker import BrokerHandle
 
 log = structlog.get_logger("metersync.http")
+#: The entry point group and name of the workers' hand-off (``pyproject.toml``).
+HANDOFF_GROUP, HANDOFF_NAME = "metersync.handoff", "webhooks"
+Handoff = tuple[Callable[[int], object], Callable[[], None]]
 #: Seconds the health check waits for Redis.
 REDIS_TIMEOUT = 2.0
 
@@ -41,7 +44,7 @@ class AppState:
         self._ms = ms
         self._owns_ms = ms is None
         self._enqueue: Callable[[int], object] | None = enqueue
-        self._handle: BrokerHandle | None = None
+        self._close_handoff: Callable[[], None] | None = None
         self._redis: redis.Redis | None = None
         self._writer: GroupWriter | None = None
         self._lock = threading.Lock()
@@ -85,16 +88,13 @@ class AppState:
         return self._writer
 
     def _broker_enqueue(self, ms: Metersync) -> Callable[[int], object]:
-        """``process_webhook.send`` on the broker the settings name."""
-        from workers.actors import declare
-        from workers.broker import make_broker
-
-        self._handle = make_broker(self.settings)
-        if self._handle.kind == "stub":
-            # No worker shares an in-process broker with this server: messages sent to it
-            # are lost, and deliveries wait for the scheduler's sweep instead.
-            log.warning("webhook.broker_stub", hint="set METERSYNC_REDIS_URL")
-        send: Callable[[int], object] = declare(self._handle, ms).process_webhook.send
+        """The workers' hand-off, found through the ``metersync.handoff`` entry point
+        (see :mod:`workers.bootstrap`); without one, deliveries wait for the sweep."""
+        factory = _handoff_factory()
+        if factory is None:
+            log.warning("webhook.no_handoff", hint="install metersync with its workers")
+            return lambda _delivery_id: None
+        send, self._close_handoff = factory(self.settings, ms)
         return send
 
     def redis(self) -> redis.Redis | None:
@@ -114,9 +114,9 @@ class AppState:
     def close(self) -> None:
         """Release what this state made (never a connection it was given)."""
         with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
+            if self._close_handoff is not None:
+                self._close_handoff()
+                self._close_handoff = None
             if self._redis is not None:
                 self._redis.close()
                 self._redis = None
@@ -144,6 +144,15 @@ def _connect(settings: Settings) -> Metersync:
         return adapter.connect(settings)
     except MetersyncError as exc:  # unreachable database, schema behind: say so, as 503
         raise Unavailable(str(exc), type="database_unavailable") from None
+
+
+def _handoff_factory() -> Callable[[Settings, Metersync], Handoff] | None:
+    """The factory the ``metersync.handoff`` entry point names, if one is installed."""
+    found = entry_points(group=HANDOFF_GROUP, name=HANDOFF_NAME)
+    for point in found:
+        factory: Callable[[Settings, Metersync], Handoff] = point.load()
+        return factory
+    return None
 
 
 def app_state(request: Request) -> AppState:

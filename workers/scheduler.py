@@ -27,8 +27,8 @@ import structlog
 
 from adapter.client import Metersync
 from adapter.domain import schedule as schedules
-from adapter.pushing import unlinked
 from adapter.pushing.pusher import claim_for_push, close_reports
+from adapter.store import unlinked
 from adapter.store.models import utcnow
 from workers.actors import Actors, stale_deliveries
 from workers.reconcile_schedule import ReconcileTicker

@@ -18,7 +18,7 @@ import structlog
 
 from adapter.mirror import ordering, shapes, subscriptions
 from adapter.mirror.context import Apply
-from adapter.pushing import unlinked
+from adapter.store import unlinked
 from adapter.store.mirror_models import StripeCustomer
 from adapter.store.models import Account, AuditLog, table, utcnow
 

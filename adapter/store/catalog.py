@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from adapter.domain.aggregation import AGGREGATIONS, Aggregation
 from adapter.errors import InvalidUsage, UnknownAccount, UnknownMeter
-from adapter.pushing import unlinked
+from adapter.store import unlinked
 from adapter.store.models import Account, AuditLog, Meter, table, utcnow
 from config import defaults
 

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.pushing.unlinked import claim_released, expire_stale
 from adapter.store.models import UsageReport, table
+from adapter.store.unlinked import claim_released, expire_stale
 from config.settings import Settings
 from tests.integration.test_latest_properties import FakeStripe, _gateway
 
