@@ -33,7 +33,9 @@ _REPORTS = table(UsageReport)
 class Metersync:
     """Records usage and answers usage queries over one database."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine) -> None:
+    def __init__(
+        self, settings: Settings, engine: sa.Engine, *, gateway: Gateway | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self._autocommit = (
@@ -53,7 +55,8 @@ class Metersync:
             self.periods,
             autocommit=self._autocommit,
         )
-        self._gateway: Gateway | None = None
+        #: The Stripe gateway given, else built from settings on first use.
+        self._gateway: Gateway | None = gateway
 
     def increment(
         self,
@@ -144,7 +147,7 @@ class Metersync:
                 for start in range(0, len(ids), STREAM_CHUNK)
                 for result in streamer.push_many(ids[start : start + STREAM_CHUNK], now=now)
             ]
-        pusher = self._pusher()
+        pusher = self.pusher()
         return [pusher.push(report_id, now=now) for report_id in ids]
 
     def retry(self, report_id: int) -> PushResult:
@@ -163,7 +166,7 @@ class Metersync:
             conn.execute(
                 _REPORTS.update().where(_REPORTS.c.id == report_id).values(status="closed")
             )
-        return self._pusher().push(report_id)
+        return self.pusher().push(report_id)
 
     def reports(self, *, status: str | None = None, limit: int = 100) -> list[ReportInfo]:
         """The newest reports, optionally of one status."""
@@ -189,7 +192,13 @@ class Metersync:
             self._gateway = Gateway.from_settings(self.settings)
         return self._gateway
 
-    def _pusher(self) -> Pusher:
+    def use_gateway(self, gateway: Gateway | None) -> None:
+        """Replace the Stripe gateway (tests, proxies, custom retries); ``None`` builds
+        one from settings again on next use."""
+        self._gateway = gateway
+
+    def pusher(self) -> Pusher:
+        """A pusher on this connection's database and gateway."""
         return Pusher(self.engine, gateway=self.gateway())
 
     def close(self) -> None:
@@ -225,7 +234,6 @@ def connect(
         engine.dispose()
         where = engine.url.render_as_string(hide_password=True)
         raise MetersyncError(f"cannot reach the database at {where}: {exc.orig}") from None
-    ms = Metersync(settings, engine)
-    ms._gateway = gateway
+    ms = Metersync(settings, engine, gateway=gateway)
     ms.schedule.seed()
     return ms

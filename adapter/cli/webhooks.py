@@ -175,7 +175,7 @@ def replay(ctx: typer.Context, delivery_id: DeliveryId, as_json: AsJson = False)
                 f"no webhook delivery {delivery_id}; list them with `metersync webhooks`"
             )
         processed = _replay(ms, delivery_id)
-        pusher = ms._pusher()
+        pusher = ms.pusher()
         results = [pusher.push(report_id) for report_id in processed.to_push]
         after = delivery(ms.engine, delivery_id)
         dry_run = ms.settings.dry_run

@@ -352,7 +352,7 @@ def _push(ms: Metersync, report_ids: list[int]) -> dict[str, int]:
     worker (or ``metersync report now``) pushes them."""
     if not report_ids or ms.gateway() is None:
         return {}
-    pusher = ms._pusher()
+    pusher = ms.pusher()
     return dict(Counter(pusher.push(report_id).status for report_id in dict.fromkeys(report_ids)))
 
 

@@ -290,7 +290,7 @@ def test_a_v1_push_is_a_handful_of_statements_on_postgresql(postgres_url: str) -
     with ms.engine.connect() as conn:
         report_id = conn.execute(sa.select(_REPORTS.c.id)).scalar_one()
     responses.add_callback(responses.POST, EVENTS_URL, callback=_ok)
-    pusher = ms._pusher()
+    pusher = ms.pusher()
     with ms.engine.connect() as conn:
         pusher._installation(conn)  # read once per process, then kept
     statements: list[str] = []

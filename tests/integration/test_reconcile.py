@@ -64,7 +64,7 @@ def world(ms: Metersync, stripe_api: responses.RequestsMock) -> World:
     exactly what was sent; the settle delay is 0 so pairs compare at once."""
     stripe = StripeMeters(stripe_api)
     stripe.model.formulas.update(FORMULAS)
-    ms._gateway = make_gateway(attempts=1)
+    ms.use_gateway(make_gateway(attempts=1))
     ms.settings = ms.settings.model_copy(update={"reconcile_settle_seconds": 0})
     now = utcnow()
     ms.set_billing_period("acct_1", now - timedelta(days=5), now + timedelta(days=25))

@@ -85,7 +85,7 @@ def test_the_reconcile_actor_runs_a_report_only_reconcile(
     leaves a finished run started by the schedule."""
     stripe = StripeMeters(stripe_api)
     stripe.model.formulas["api_calls"] = "sum"
-    ms._gateway = make_gateway(attempts=1)
+    ms.use_gateway(make_gateway(attempts=1))
     ms.settings = ms.settings.model_copy(
         update={"reconcile_settle_seconds": 0, "reconcile_read_rate": 1000.0}
     )
