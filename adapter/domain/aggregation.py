@@ -11,11 +11,37 @@ import decimal
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Protocol
 
-Aggregation = Literal["sum", "count", "max", "last"]
+
+class Aggregation(StrEnum):
+    """How a meter aggregates its events; equal to its stored text."""
+
+    SUM = "sum"
+    COUNT = "count"
+    MAX = "max"
+    LAST = "last"
+
+
 #: The aggregations a local meter may use.
-AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "last")
+AGGREGATIONS: tuple[Aggregation, ...] = tuple(Aggregation)
+
+
+class Stats(Protocol):
+    """Anything with a report's five aggregate columns (a row, a dataclass)."""
+
+    @property
+    def total(self) -> Decimal: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def max_value(self) -> Decimal | None: ...
+    @property
+    def last_value(self) -> Decimal | None: ...
+    @property
+    def last_at(self) -> datetime | None: ...
+
 
 ZERO = Decimal(0)
 #: Decimal context for sums: a quantity below 10^15 with up to 30 decimal places needs 45
@@ -35,7 +61,7 @@ class Aggregate:
     last_at: datetime | None = None
 
     @classmethod
-    def of(cls, report: Any) -> Aggregate:
+    def of(cls, report: Stats) -> Aggregate:
         """The aggregate stored in a report row (anything with its five columns)."""
         return cls(
             report.total, int(report.events), report.max_value, report.last_value, report.last_at
@@ -86,13 +112,17 @@ class Aggregate:
             last_at=later.last_at if newer else self.last_at,
         )
 
-    def value(self, aggregation: Aggregation) -> Decimal:
-        """The aggregate by the meter's rule; zero when there are no events."""
-        if aggregation == "sum":
+    def value(self, aggregation: str) -> Decimal:
+        """The aggregate by the meter's rule (an :class:`Aggregation` or its text); zero
+        when there are no events. The one place each rule is written in Python
+        (PostgreSQL's one-statement query mirrors it; tests/integration/test_properties.py
+        holds both to one model)."""
+        rule = Aggregation(aggregation)
+        if rule is Aggregation.SUM:
             return self.total
-        if aggregation == "count":
+        if rule is Aggregation.COUNT:
             return Decimal(self.events)
-        if aggregation == "max":
+        if rule is Aggregation.MAX:
             return self.max_value if self.max_value is not None else ZERO
         return self.last_value if self.last_value is not None else ZERO
 

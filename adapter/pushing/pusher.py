@@ -12,46 +12,37 @@ transaction is one statement that loads and locks, one that reads the period's e
 decisions and one that stores the decision; the outcome after the call is one
 autocommitted statement (PostgreSQL).
 
-Statuses: ``open → closed → sending → sent``, or ``dry_run`` (no API key), ``skipped_free``
-(free account), ``failed`` (Stripe refused it; ``last_error`` says why), ``expired``
-(too old for Stripe). A transient failure leaves the report ``sending`` with the error.
+The decision itself is :func:`adapter.domain.push_decision.decide`, pure; this module
+does the locking, the reads and writes (:mod:`adapter.pushing.rows`) and the calls.
+Statuses: :class:`adapter.domain.statuses.ReportStatus`. A transient failure leaves the
+report ``sending`` with the error.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
-from adapter.domain import latest, reporting
+from adapter.domain import push_decision, reporting
+from adapter.domain.statuses import HELD, PUSHABLE, ReportStatus
 from adapter.domain.windows import period_containing
 from adapter.gateway import Gateway, PermanentError, TransientError
+from adapter.pushing import rows
+from adapter.pushing.rows import REPORTS as _REPORTS
+from adapter.pushing.rows import Loaded
 from adapter.reading.usage import newest_value
 from adapter.recording import recut
-from adapter.store.models import (
-    Account,
-    BillingPeriod,
-    Installation,
-    Meter,
-    UsageReport,
-    table,
-    utcnow,
-)
+from adapter.store.models import Installation, table, utcnow
 
-_REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)
-_INSTALLATION, _PERIODS = table(Installation), table(BillingPeriod)
-#: Statuses a push acts on.
-PUSHABLE = ("closed", "sending")
-#: Statuses of a decided report that Stripe holds, or will once its send goes through.
-HELD = frozenset({"closed", "sending", "sent", "dry_run"})
+_INSTALLATION = table(Installation)
 #: Said of a report whose events all moved to reports of a billing period learned late.
 MOVED = "its events belong to a later billing period and moved to that period's reports"
 log = structlog.get_logger("metersync.push")
+__all__ = ["HELD", "PUSHABLE", "PushResult", "Pusher", "close_reports", "pushable_ids"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +65,11 @@ def close_reports(engine: sa.Engine, *, now: datetime, due_only: bool = True) ->
     """Close open reports (only those whose window has ended, when ``due_only``). An
     increment racing this waits on the report's row lock and, once the close commits,
     opens a new report: it is counted in exactly one of them."""
-    stmt = _REPORTS.update().where(_REPORTS.c.status == "open")
+    stmt = _REPORTS.update().where(_REPORTS.c.status == ReportStatus.OPEN)
     if due_only:
         stmt = stmt.where(_REPORTS.c.window_end <= now)
     with engine.begin() as conn:
-        return conn.execute(stmt.values(status="closed", closed_at=now)).rowcount
+        return conn.execute(stmt.values(status=ReportStatus.CLOSED, closed_at=now)).rowcount
 
 
 def pushable_ids(engine: sa.Engine) -> list[int]:
@@ -144,128 +135,133 @@ class Pusher:
         """Decide (once) and send one report; return what happened."""
         now = now or utcnow()
         with self._engine.begin() as conn:
-            row = _load(conn, report_id)
+            row = rows.load(conn, report_id)
             if row is None:
                 return gone(report_id)
             if row.status not in PUSHABLE:
-                return _result(row, row.status, error=f"report is {row.status}; nothing to do")
-            outcome, row = self._prepare(conn, row, now)
+                return result(row, row.status, error=f"report is {row.status}; nothing to do")
+            outcome, row = self.prepare(conn, row, now)
             if outcome is not None:
                 return outcome
-        return self._send(row, now)
+        return self.send(row, now)
 
-    def _prepare(
-        self, conn: sa.Connection, row: Any, now: datetime
-    ) -> tuple[PushResult | None, Any]:
+    def prepare(
+        self, conn: sa.Connection, row: Loaded, now: datetime
+    ) -> tuple[PushResult | None, Loaded]:
         """Settle everything that needs no Stripe call and store the decision; returns the
         outcome if no call is needed, and the report as it now stands."""
         if row.free:
-            return _finish(conn, row, "skipped_free", now=now), row
+            return _finish(conn, row, ReportStatus.SKIPPED_FREE, now=now), row
         # No period stored for the account when the row was locked: nothing to settle. A
         # period stored after that is the mirror's to apply, under the row and pair locks
         # this transaction holds, as for one stored just after any check made here.
         if row.identifier is None and row.period_start is None and row.has_periods:
             settled = _settle_period(conn, row)
             if settled is None:
-                return _result(row, "moved", error=MOVED), row
+                return result(row, ReportStatus.MOVED, error=MOVED), row
             row = settled
         if self._gateway is not None and not row.stripe_customer_id:
-            if _customer_now(conn, row.account_id) is None:
-                return _finish(conn, row, "unlinked", now=now, error=unlinked(row.account)), row
-            row = _load(conn, row.id)  # linked meanwhile (locks held already)
-        changes: dict[str, Any] = {"status": "sending", "attempted_at": now}
+            if rows.customer_now(conn, row.account_id) is None:
+                why = unlinked(row.account)
+                return _finish(conn, row, ReportStatus.UNLINKED, now=now, error=why), row
+            row = _reload(conn, row.id)  # linked meanwhile (locks held already)
+        changes: dict[str, Any] = {"status": ReportStatus.SENDING, "attempted_at": now}
         replaces: tuple[int, ...] = ()
         if row.identifier is None:
             try:
                 decided = self._decide(conn, row, now)
             except ValueError as exc:
-                return _finish(conn, row, "failed", now=now, error=str(exc)), row
+                return _finish(conn, row, ReportStatus.FAILED, now=now, error=str(exc)), row
             if decided is None:
                 error = "too old for Stripe (35 days); it can no longer be billed"
                 log.error("report.expired", report_id=row.id, account=row.account)
-                return _finish(conn, row, "expired", now=now, error=error), row
-            columns, replaces = decided
-            changes.update(columns)
+                return _finish(conn, row, ReportStatus.EXPIRED, now=now, error=error), row
+            changes.update(
+                identifier=self._identifier(conn, row),
+                sent_value=decided.value,
+                sent_timestamp=decided.timestamp,
+            )
+            replaces = decided.replaces
         elif row.sent_timestamp is not None and reporting.stripe_formula(row.aggregation) == "last":
             replaces = _sharing_second(conn, row)
-        conn.execute(_DECIDE, {"report_id": row.id, **changes})
-        # The row is locked, so the stored attempts are exactly one more than read.
-        fields = {**row._mapping, **changes, "attempts": row.attempts + 1, "replaces": replaces}
-        row = SimpleNamespace(**fields)
+        rows.store_decision(conn, row.id, changes)
+        row = row.decided(changes, replaces=replaces)
         return self._settle(conn, row, now), row
 
-    def _settle(self, conn: sa.Connection, row: Any, now: datetime) -> PushResult | None:
+    def _settle(self, conn: sa.Connection, row: Loaded, now: datetime) -> PushResult | None:
         """Finish a decided report that needs no Stripe call; None if it needs one."""
         if self._gateway is None:
-            return _finish(conn, row, "dry_run", now=now)
+            return _finish(conn, row, ReportStatus.DRY_RUN, now=now)
+        value = 0 if row.sent_value is None else int(row.sent_value)
         if row.sent_timestamp is None:  # a 'last' meter already holds this value
-            log.info("report.pushed", report_id=row.id, value=int(row.sent_value), call=False)
-            return _finish(conn, row, "sent", now=now)
-        if row.sent_value == 0 and reporting.stripe_formula(row.aggregation) == "sum":
+            log.info("report.pushed", report_id=row.id, value=value, call=False)
+            return _finish(conn, row, ReportStatus.SENT, now=now)
+        if value == 0 and reporting.stripe_formula(row.aggregation) == "sum":
             log.info("report.pushed", report_id=row.id, value=0, call=False)
-            return _finish(conn, row, "sent", now=now)  # adding 0 to a sum needs no call
+            return _finish(conn, row, ReportStatus.SENT, now=now)  # adding 0 needs no call
         return None
 
     def _decide(
-        self, conn: sa.Connection, row: Any, now: datetime
-    ) -> tuple[dict[str, Any], tuple[int, ...]] | None:
-        """The decision's columns for a report, from the period's history, and the reports
-        to cancel before sending it; None when no timestamp Stripe accepts exists any
-        more. :func:`_load` took the (account, meter) lock, so no other decision of the
-        period is being made meanwhile."""
-        history = _history(conn, row)
-        if reporting.stripe_formula(row.aggregation) == "last":
-            decided = _decide_latest(conn, row, history, now)
-        else:
-            decided = _decide_sum(row, [h for h in history if h.identifier is not None], now)
-        if decided is None:
-            return None
-        columns, replaces = decided
-        columns["identifier"] = reporting.identifier(
-            namespace=self._installation(conn),
+        self, conn: sa.Connection, row: Loaded, now: datetime
+    ) -> push_decision.Decision | None:
+        """:func:`push_decision.decide` on the period's history. :func:`rows.load` took the
+        (account, meter) lock, so no other decision of the period is made meanwhile."""
+        report, history = row.report(), rows.history(conn, row)
+        tie = push_decision.tie(report, history)
+        tie_value = None if tie is None else newest_value(conn, list(tie.report_ids), tie.at)
+        return push_decision.decide(report, history, now, tie_value=tie_value)
+
+    def _identifier(self, conn: sa.Connection, row: Loaded) -> str:
+        return reporting.identifier(
+            namespace=self.installation(conn),
             account_id=row.account_id,
             meter_id=row.meter_id,
             report_id=row.id,
             window_start=row.window_start,
         )
-        return columns, replaces
 
-    def _send(self, row: Any, now: datetime) -> PushResult:
+    def send(self, row: Loaded, now: datetime) -> PushResult:
+        """Send a decided report (cancelling what it replaces first) and store how it
+        ended."""
         assert self._gateway is not None
         try:
             if row.replaces:
                 self._cancel_replaced(row)
+            event = row.event()
             delivery = self._gateway.send_meter_event(
-                event_name=row.event_name,
-                stripe_customer_id=row.stripe_customer_id,
-                value=int(row.sent_value),
-                timestamp=row.sent_timestamp,
-                identifier=row.identifier,
+                event_name=event.event_name,
+                stripe_customer_id=event.stripe_customer_id,
+                value=event.value,
+                timestamp=event.timestamp,
+                identifier=event.identifier,
             )
         except PermanentError as exc:
             log.error("report.failed", report_id=row.id, error=str(exc), request_id=exc.request_id)
             with self._autocommit.begin() as conn:
                 return _finish(
-                    conn, row, "failed", now=now, error=str(exc), request_id=exc.request_id
+                    conn,
+                    row,
+                    ReportStatus.FAILED,
+                    now=now,
+                    error=str(exc),
+                    request_id=exc.request_id,
                 )
         except TransientError as exc:
             log.warning("report.retry_later", report_id=row.id, error=str(exc))
             with self._autocommit.begin() as conn:
-                conn.execute(
-                    _REPORTS.update().where(_REPORTS.c.id == row.id).values(last_error=str(exc))
-                )
-            return _result(row, "sending", error=str(exc))
+                rows.store(conn, row.id, {"last_error": str(exc)})
+            return result(row, ReportStatus.SENDING, error=str(exc))
         log.info(
             "report.pushed",
             report_id=row.id,
-            value=int(row.sent_value),
+            value=event.value,
             duplicate=delivery.duplicate,
         )
         with self._autocommit.begin() as conn:
-            _finish(conn, row, "sent", now=now, request_id=delivery.request_id)
-        return _result(row, "sent", duplicate=delivery.duplicate)
+            _finish(conn, row, ReportStatus.SENT, now=now, request_id=delivery.request_id)
+        return result(row, ReportStatus.SENT, duplicate=delivery.duplicate)
 
-    def _cancel_replaced(self, row: Any) -> None:
+    def _cancel_replaced(self, row: Loaded) -> None:
         """Cancel the events a 'last' decision replaces at its second (see
         :mod:`adapter.domain.latest`), and mark their reports ``superseded``."""
         assert self._gateway is not None
@@ -276,26 +272,21 @@ class Pusher:
                 )
             ).all()
         for other in others:
-            if other.status in ("closed", "sending"):
+            if other.status in PUSHABLE:
                 raise TransientError(
                     f"report {other.id}, sent at the same second, is still being delivered; "
                     f"report {row.id} cancels it once Stripe has it"
                 )
-            if other.status != "sent":
+            if other.status != ReportStatus.SENT:
                 continue
             self._gateway.cancel_meter_event(event_name=row.event_name, identifier=other.identifier)
             with self._autocommit.begin() as conn:
-                conn.execute(
-                    _UPDATE,
-                    {
-                        "report_id": other.id,
-                        "status": "superseded",
-                        "last_error": superseded(row.id),
-                    },
-                )
+                values = {"status": ReportStatus.SUPERSEDED, "last_error": superseded(row.id)}
+                rows.store(conn, other.id, values)
             log.info("report.superseded", report_id=other.id, by=row.id)
 
-    def _installation(self, conn: sa.Connection) -> str:
+    def installation(self, conn: sa.Connection) -> str:
+        """This installation's namespace for identifiers: read once, then kept."""
         if self._namespace is None:
             self._namespace = str(conn.execute(sa.select(_INSTALLATION.c.namespace)).scalar_one())
         return self._namespace
@@ -320,89 +311,17 @@ def superseded(report_id: int) -> str:
 
 def gone(report_id: int) -> PushResult:
     """The outcome for a report that no longer exists: a re-cut moved all its events."""
-    return PushResult(report_id, "", "", "", "moved", error=MOVED)
+    return PushResult(report_id, "", "", "", ReportStatus.MOVED, error=MOVED)
 
 
-def _load(conn: sa.Connection, report_id: int) -> Any | None:
-    """The report with its account and meter, row-locked, and whether the account has any
-    billing period stored (``has_periods``); ``None`` if it is gone. On PostgreSQL the
-    same statement also takes the (account, meter) decision lock (see
-    :func:`_load_statements`)."""
-    load = _LOAD["postgresql" if conn.dialect.name == "postgresql" else "any"]
-    return conn.execute(load, {"report_id": report_id}).one_or_none()
+def _reload(conn: sa.Connection, report_id: int) -> Loaded:
+    """The report as it now stands (its locks are held already)."""
+    row = rows.load(conn, report_id)
+    assert row is not None  # locked: it cannot go away
+    return row
 
 
-def _has_periods(account_id: sa.ColumnElement[Any]) -> sa.Label[bool]:
-    return sa.exists().where(_PERIODS.c.account_id == account_id).label("has_periods")
-
-
-def _load_statements() -> dict[str, sa.Select[Any]]:
-    """The load, by dialect. On PostgreSQL the subquery's ``FOR UPDATE`` locks the row
-    before the outer select calls ``pg_advisory_xact_lock``: rows, then the pair, the
-    order the mirror's re-cut takes them in too, so the two cannot deadlock."""
-    query = (
-        sa.select(
-            _REPORTS,
-            _ACCOUNTS.c.name.label("account"),
-            _ACCOUNTS.c.free,
-            _ACCOUNTS.c.stripe_customer_id,
-            _METERS.c.name.label("meter"),
-            _METERS.c.event_name,
-            _METERS.c.aggregation,
-            _METERS.c.rounding,
-        )
-        .join(_ACCOUNTS, _ACCOUNTS.c.id == _REPORTS.c.account_id)
-        .join(_METERS, _METERS.c.id == _REPORTS.c.meter_id)
-        .where(_REPORTS.c.id == sa.bindparam("report_id"))
-        .with_for_update(of=_REPORTS)
-    )
-    locked = query.subquery("locked")
-    pair_lock = sa.func.pg_advisory_xact_lock(locked.c.account_id, locked.c.meter_id)
-    return {
-        "any": query.add_columns(_has_periods(_REPORTS.c.account_id)),
-        "postgresql": sa.select(
-            locked, _has_periods(locked.c.account_id), pair_lock.label("pair_lock")
-        ),
-    }
-
-
-def _history_statements() -> dict[bool, sa.Select[Any]]:
-    """The history query, for a report with a billing period (True) and without: every
-    other report of the (account, meter, period), decided or not."""
-    return {
-        in_period: sa.select(
-            _REPORTS.c.id,
-            _REPORTS.c.status,
-            _REPORTS.c.identifier,
-            _REPORTS.c.total,
-            _REPORTS.c.events,
-            _REPORTS.c.max_value,
-            _REPORTS.c.last_value,
-            _REPORTS.c.last_at,
-            _REPORTS.c.sent_value,
-            _REPORTS.c.sent_timestamp,
-        )
-        .where(
-            _REPORTS.c.account_id == sa.bindparam("account_id"),
-            _REPORTS.c.meter_id == sa.bindparam("meter_id"),
-            _REPORTS.c.period_start == sa.bindparam("period_start")
-            if in_period
-            else _REPORTS.c.period_start.is_(None),
-            _REPORTS.c.id != sa.bindparam("report_id"),
-        )
-        .order_by(_REPORTS.c.window_start, _REPORTS.c.id)
-        for in_period in (True, False)
-    }
-
-
-#: Statements of every push, built once: building one costs more than running it. The
-#: updates set the columns named in their parameters.
-_LOAD, _HISTORY = _load_statements(), _history_statements()
-_UPDATE = _REPORTS.update().where(_REPORTS.c.id == sa.bindparam("report_id"))
-_DECIDE = _UPDATE.values(attempts=_REPORTS.c.attempts + 1)
-
-
-def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
+def _settle_period(conn: sa.Connection, row: Loaded) -> Loaded | None:
     """A report recorded with no billing period, checked against the periods stored now.
 
     A process records with a copy of the periods that may predate a renewal the mirror has
@@ -416,7 +335,7 @@ def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
     periods = recut.known_periods(conn, row.account_id)
     if not periods:
         return row
-    cut = recut.cut_at_boundaries(conn, row, periods)  # under _load's (account, meter) lock
+    cut = recut.cut_at_boundaries(conn, row, periods)  # under load's (account, meter) lock
     if cut.emptied:
         log.info("report.moved", report_id=row.id, to=list(cut.targets))
         return None
@@ -430,158 +349,38 @@ def _settle_period(conn: sa.Connection, row: Any) -> Any | None:
         log.info("report.period_found", report_id=row.id, period_start=period[0].isoformat())
     elif not cut.targets:
         return row
-    return _load(conn, row.id)  # the report as it now stands (locks held already)
+    return _reload(conn, row.id)
 
 
-def _customer_now(conn: sa.Connection, account_id: int) -> str | None:
-    """The account's Stripe customer, read under a share lock: a link committing meanwhile
-    is waited for and seen, and one starting later waits until this push has marked its
-    report ``unlinked``, so the link's release of such reports cannot miss it."""
-    customer: str | None = conn.execute(
-        sa.select(_ACCOUNTS.c.stripe_customer_id)
-        .where(_ACCOUNTS.c.id == account_id)
-        .with_for_update(read=True)
-    ).scalar_one()
-    return customer
-
-
-def _sharing_second(conn: sa.Connection, row: Any) -> tuple[int, ...]:
+def _sharing_second(conn: sa.Connection, row: Loaded) -> tuple[int, ...]:
     """Reports of the period held at the decided report's second (a resend of a decision
     that replaces them; see :mod:`adapter.domain.latest`)."""
     return tuple(
         h.id
-        for h in _history(conn, row)
+        for h in rows.history(conn, row)
         if h.sent_timestamp == row.sent_timestamp and h.status in HELD
-    )
-
-
-def _history(conn: sa.Connection, row: Any) -> list[Any]:
-    """Earlier decisions of the same (account, meter, billing period), in window order."""
-    params = {"account_id": row.account_id, "meter_id": row.meter_id, "report_id": row.id}
-    if row.period_start is not None:
-        params["period_start"] = row.period_start
-    return list(conn.execute(_HISTORY[row.period_start is not None], params).all())
-
-
-def _value(report: Any, aggregation: str) -> Decimal:
-    """A report's aggregate by the meter's rule."""
-    value = {
-        "sum": report.total,
-        "count": Decimal(report.events),
-        "max": report.max_value,
-        "last": report.last_value,
-    }[aggregation]
-    return Decimal(0) if value is None else Decimal(value)
-
-
-def _decide_sum(
-    row: Any, history: list[Any], now: datetime
-) -> tuple[dict[str, Any], tuple[int, ...]] | None:
-    """A sum or count report: its own total plus the fraction the period carries."""
-    closes = row.period_end is not None and (
-        row.window_end >= row.period_end or row.period_end <= now
-    )
-    decision = reporting.value_to_send(
-        aggregation=row.aggregation,
-        report_value=_value(row, row.aggregation),
-        carried_in=reporting.carry_from_history(
-            [_value(h, row.aggregation) for h in history], [h.sent_value for h in history]
-        ),
-        previous_sent_in_period=None,
-        closes_period=closes,
-        rounding=row.rounding,
-    )
-    at = _window_second(row, now)
-    if at is None:
-        return None
-    return {"sent_value": Decimal(decision.value), "sent_timestamp": at}, ()
-
-
-def _decide_latest(
-    conn: sa.Connection, row: Any, history: list[Any], now: datetime
-) -> tuple[dict[str, Any], tuple[int, ...]] | None:
-    """A max or last report: the period's value by the whole history, sent so that
-    Stripe's ``last`` meter keeps it (see :mod:`adapter.domain.latest`)."""
-    reports = [h for h in history if h.events] + [row]
-    if row.aggregation == "max":
-        value = max(Decimal(r.max_value) for r in reports if r.max_value is not None)
-        preferred = _window_second(row, now) or row.window_start
-    else:
-        newest_at = max(r.last_at for r in reports if r.last_at is not None)
-        tied = [r for r in reports if r.last_at == newest_at]
-        value = (
-            Decimal(tied[0].last_value)
-            if len(tied) == 1
-            else newest_value(conn, [r.id for r in tied], newest_at)
-        )
-        preferred = newest_at
-    target = reporting.value_to_send(
-        aggregation=row.aggregation,
-        report_value=value,
-        carried_in=Decimal(0),
-        previous_sent_in_period=None,
-        closes_period=False,
-        rounding=row.rounding,
-    ).value
-    earlier = [
-        latest.Earlier(h.id, int(h.sent_value), h.sent_timestamp, h.status in HELD)
-        for h in history
-        if h.identifier is not None and h.sent_value is not None
-    ]
-    decision = latest.decide(
-        target=target,
-        preferred=preferred,
-        earlier=earlier,
-        period_start=row.period_start,
-        period_end=row.period_end,
-        now=now,
-    )
-    if decision is None:
-        return None
-    columns = {"sent_value": Decimal(decision.value), "sent_timestamp": decision.timestamp}
-    return columns, decision.replaces
-
-
-def _window_second(row: Any, now: datetime) -> datetime | None:
-    """The report's send timestamp inside its window (see ``reporting.send_timestamp``)."""
-    return reporting.send_timestamp(
-        window_start=row.window_start,
-        window_end=row.window_end,
-        period_start=row.period_start,
-        period_end=row.period_end,
-        now=now,
     )
 
 
 def _finish(
     conn: sa.Connection,
-    row: Any,
+    row: Loaded,
     status: str,
     *,
     now: datetime,
     error: str | None = None,
     request_id: str | None = None,
 ) -> PushResult:
-    values = outcome_values(status, now=now, error=error, request_id=request_id)
-    conn.execute(_UPDATE, {"report_id": row.id, **values})
-    return _result(row, status, error=error)
+    rows.store(
+        conn, row.id, rows.outcome_values(status, now=now, error=error, request_id=request_id)
+    )
+    return result(row, status, error=error)
 
 
-def outcome_values(
-    status: str, *, now: datetime, error: str | None = None, request_id: str | None = None
-) -> dict[str, Any]:
-    """The columns a push's outcome sets."""
-    values: dict[str, Any] = {"status": status, "last_error": error}
-    if status in ("sent", "dry_run"):
-        values["sent_at"] = now
-    if request_id:
-        values["stripe_request_id"] = request_id
-    return values
-
-
-def _result(
-    row: Any, status: str, *, error: str | None = None, duplicate: bool = False
+def result(
+    row: Loaded, status: str, *, error: str | None = None, duplicate: bool = False
 ) -> PushResult:
+    """What pushing ``row`` did, ending ``status``."""
     value = None if row.sent_value is None else int(row.sent_value)
     return PushResult(
         report_id=row.id,

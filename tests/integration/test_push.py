@@ -292,7 +292,7 @@ def test_a_v1_push_is_a_handful_of_statements_on_postgresql(postgres_url: str) -
     responses.add_callback(responses.POST, EVENTS_URL, callback=_ok)
     pusher = ms.pusher()
     with ms.engine.connect() as conn:
-        pusher._installation(conn)  # read once per process, then kept
+        pusher.installation(conn)  # read once per process, then kept
     statements: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
