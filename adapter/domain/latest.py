@@ -61,7 +61,7 @@ def held_value(earlier: Sequence[Earlier]) -> Earlier | None:
     return max(timed, key=lambda e: (e.timestamp, e.report_id))
 
 
-def decide(
+def decide(  # noqa: PLR0913  keyword-only inputs of one pure rule, each its own fact
     *,
     target: int,
     preferred: datetime,

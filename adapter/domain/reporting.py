@@ -71,7 +71,7 @@ def stripe_formula(aggregation: str) -> StripeFormula:
         ) from None
 
 
-def identifier(
+def identifier(  # noqa: PLR0913  keyword-only inputs of one pure rule, each its own fact
     *,
     namespace: str,
     account_id: int,
@@ -134,7 +134,7 @@ def round_whole(value: Decimal, rounding: str) -> int:
     return int(whole)
 
 
-def value_to_send(
+def value_to_send(  # noqa: PLR0913  keyword-only inputs of one pure rule, each its own fact
     *,
     aggregation: str,
     report_value: Decimal,

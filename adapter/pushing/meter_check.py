@@ -103,10 +103,8 @@ def check(ms: Metersync, *, gateway: MeterLister | None = None) -> CheckResult:
                 "checking meters against Stripe needs a Stripe API key: set "
                 "METERSYNC_STRIPE_API_KEY (a test key sk_test_… is enough) and run again"
             )
-        # Imported here so the pure checks above load without the Stripe library.
-        from adapter.gateway import Gateway
-
-        gateway = Gateway.from_settings(ms.settings)
+        gateway = ms.gateway()
+        assert gateway is not None  # built from the key checked above
     local = ms.meters.list()
     remote = gateway.list_meters()
     return CheckResult(meters=local, remote=remote, problems=check_meters(local, remote))

@@ -362,7 +362,7 @@ def _sharing_second(conn: sa.Connection, row: Loaded) -> tuple[int, ...]:
     )
 
 
-def _finish(
+def _finish(  # noqa: PLR0913  the outcome's columns, as outcome_values takes them
     conn: sa.Connection,
     row: Loaded,
     status: str,
