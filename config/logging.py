@@ -26,7 +26,7 @@ class _Stderr:
 
 
 def _drop_secrets(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
+    _logger: object, _name: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Replace any value logged under a secret-looking key."""
     for key in list(event):

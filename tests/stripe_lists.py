@@ -6,6 +6,7 @@ import json
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+import requests
 import responses
 
 #: Stripe's API at its default address.
@@ -13,7 +14,7 @@ API = "https://api.stripe.com"
 
 
 def error(
-    status: int, message: str, *, type_: str = "invalid_request_error", **fields: Any
+    status: int, message: str, *, type_: str = "invalid_request_error", **fields: object
 ) -> tuple[int, dict[str, Any]]:
     """A Stripe error answer for :attr:`StripeLists.fail`: the HTTP status and the body."""
     return status, {"error": {"type": type_, "message": message, **fields}}
@@ -54,7 +55,7 @@ class StripeLists:
         for path in self.PATHS:
             http.add_callback(responses.GET, f"{base}{path}", callback=self._answer)
 
-    def _answer(self, request: Any) -> tuple[int, dict[str, str], str]:
+    def _answer(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
         url = urlsplit(request.url)
         resource = self.PATHS[url.path]
         after = parse_qs(url.query).get("starting_after", [None])[0]

@@ -9,6 +9,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import requests
 import responses
 
 from tests.stripe_lists import API
@@ -46,10 +47,10 @@ class StripeMeters:
         """The paths of every POST made."""
         return [path for method, path in self.calls if method == "POST"]
 
-    def _note(self, request: Any) -> None:
+    def _note(self, request: requests.PreparedRequest) -> None:
         self.calls.append((request.method, urlsplit(request.url).path))
 
-    def _event(self, request: Any) -> Answer:
+    def _event(self, request: requests.PreparedRequest) -> Answer:
         self._note(request)
         form = {k: v[0] for k, v in parse_qs(request.body).items()}
         event = {
@@ -64,7 +65,7 @@ class StripeMeters:
             return _error(400, message, retry="false")
         return 200, {"Request-Id": "req_event"}, json.dumps({"object": "billing.meter_event"})
 
-    def _cancel(self, request: Any) -> Answer:
+    def _cancel(self, request: requests.PreparedRequest) -> Answer:
         self._note(request)
         form = {k: v[0] for k, v in parse_qs(request.body).items()}
         refused = self.model.cancel(form["event_name"], form["cancel[identifier]"])
@@ -73,11 +74,11 @@ class StripeMeters:
         body = {"object": "billing.meter_event_adjustment", "status": "pending", "type": "cancel"}
         return 200, {"Request-Id": "req_cancel"}, json.dumps(body)
 
-    def _meters(self, request: Any) -> Answer:
+    def _meters(self, request: requests.PreparedRequest) -> Answer:
         self._note(request)
         return 200, {"Request-Id": "req_meters"}, json.dumps(self.model.meters_json())
 
-    def _summary(self, request: Any) -> Answer:
+    def _summary(self, request: requests.PreparedRequest) -> Answer:
         self._note(request)
         url = urlsplit(request.url)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}

@@ -133,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: StandinServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: tests read the recorded events, not an access log."""
 
     def do_GET(self) -> None:
@@ -267,7 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Stripe-Should-Retry": retry} if retry else {}
         self._json(status, {"error": {"type": kind, "message": message}}, headers)
 
-    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)

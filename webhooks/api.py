@@ -57,7 +57,7 @@ DateParam = Annotated[
 
 
 @router.get("/accounts/{account}/usage")
-def account_usage(
+def account_usage(  # noqa: PLR0913  a FastAPI route: one parameter per query parameter
     request: Request,
     account: str,
     _actor: OpsActor,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,6 +21,7 @@ from webhooks.errors import error_body
 from webhooks.metrics import Metrics
 from webhooks.state import AppState, app_state
 
+log = structlog.get_logger("metersync.http")
 router = APIRouter()
 
 
@@ -28,13 +30,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no detail'}"[:300]
 
 
+def _failed(check: str, exc: BaseException) -> str:
+    """Log a failed check and give its answer, ``error: …``."""
+    said = _one_line(exc)
+    log.warning("health.check_failed", check=check, error=said)
+    return f"error: {said}"
+
+
 def check_database(state: AppState) -> str:
     """``ok`` or what went wrong (never the password of the URL)."""
     try:
         with state.metersync().engine.connect() as conn:
             conn.execute(sa.text("SELECT 1")).scalar_one()
-    except Exception as exc:  # any failure is the answer of a health check
-        return f"error: {_one_line(exc)}"
+    except Exception as exc:  # noqa: BLE001  any failure is the answer of a health check
+        return _failed("database", exc)
     return "ok"
 
 
@@ -45,8 +54,8 @@ def check_broker(state: AppState) -> str:
         if client is None:
             return "embedded"
         client.ping()
-    except Exception as exc:  # any failure is the answer of a health check
-        return f"error: {_one_line(exc)}"
+    except Exception as exc:  # noqa: BLE001  any failure is the answer of a health check
+        return _failed("broker", exc)
     return "ok"
 
 

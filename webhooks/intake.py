@@ -69,7 +69,9 @@ class GroupWriter:
             del self._waiting[: self._max_group]
             try:
                 outcomes = await run_in_threadpool(self._write, [values for values, _ in group])
-            except Exception as exc:  # the database is down: every request of the group fails
+            except Exception as exc:  # noqa: BLE001  each request of the group re-raises it
+                # The database is down, say: every request of the group fails with the
+                # error, which the app's error handlers log.
                 outcomes = [exc] * len(group)
             for (_, done), outcome in zip(group, outcomes, strict=True):
                 if not done.done():
@@ -104,7 +106,7 @@ class GroupWriter:
         deliveries left ``received``. An error answer would only make Stripe resend."""
         try:
             self._enqueue(delivery_id)
-        except Exception as exc:  # any broker failure; the sweep recovers the delivery
+        except Exception as exc:  # noqa: BLE001  any broker failure: logged, the sweep recovers
             log.warning(
                 "webhook.enqueue_failed",
                 delivery_id=delivery_id,

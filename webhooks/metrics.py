@@ -189,7 +189,7 @@ class _DatabaseCollector(Collector):
         up = GaugeMetricFamily("metersync_database_up", "1 if the database could be read.")
         try:
             snap = self._snapshot()
-        except Exception as exc:  # any database failure: report it, do not fail the scrape
+        except Exception as exc:  # noqa: BLE001  any database failure: logged, reported as down
             log.warning("metrics.database_unavailable", error=type(exc).__name__)
             up.add_metric([], 0)
             yield up

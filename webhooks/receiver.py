@@ -46,7 +46,7 @@ def _too_large(limit: int) -> str:
     return f"request body is larger than {limit} bytes"
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes) -> object:
     """The body as JSON, or 400."""
     try:
         return json.loads(body)

@@ -100,7 +100,7 @@ def parse_header(header: str) -> tuple[int, list[str]]:
     return int(timestamps[0]), signatures
 
 
-def verify(
+def verify(  # noqa: PLR0913  independent keyword-only options of the public verify()
     payload: bytes,
     header: str | None,
     secrets: Sequence[str],

@@ -8,18 +8,18 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
+import redis
 import structlog
 from fastapi import Request
 from pydantic import ValidationError
 
+import adapter
 from adapter.errors import MetersyncError
 from config.settings import Settings
 from webhooks.errors import HttpError, Unavailable
 from webhooks.intake import GroupWriter
 
 if TYPE_CHECKING:
-    import redis
-
     from adapter.client import Metersync
 
 log = structlog.get_logger("metersync.http")
@@ -104,8 +104,6 @@ class AppState:
             return None
         with self._lock:
             if self._redis is None:
-                import redis
-
                 self._redis = redis.Redis.from_url(
                     url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
                 )
@@ -138,8 +136,6 @@ def _read_settings() -> Settings:
 
 
 def _connect(settings: Settings) -> Metersync:
-    import adapter
-
     try:
         return adapter.connect(settings)
     except MetersyncError as exc:  # unreachable database, schema behind: say so, as 503

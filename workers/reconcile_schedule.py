@@ -40,8 +40,6 @@ class ReconcileTicker:
 
     def run_once(self) -> datetime | None:
         """Enqueue a run if a tick passed since the last one; the tick, or ``None``."""
-        if self._actors.reconcile is None:
-            return None
         due = self._schedule.window(self._clock())[0]
         if self._last is None:
             self._last = self._last_started()

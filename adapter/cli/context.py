@@ -53,7 +53,7 @@ def connected(ctx: typer.Context) -> Iterator[Metersync]:
         ms.close()
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     """Print ``data`` as indented JSON on stdout, with no styling or wrapping."""
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 

@@ -48,7 +48,7 @@ class MetersyncGroup(TyperGroup):
 
     # ``ctx`` is typed Any: the context class lives in click or, from typer 0.29, in
     # typer's private copy of it, and an override may not narrow the parameter.
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Any) -> object:  # noqa: ANN401  click's or typer's Context, by version
         """Run the command, mapping expected errors to a message and an exit code."""
         try:
             return super().invoke(ctx)

@@ -52,7 +52,7 @@ Restart = Annotated[
 ]
 
 
-def reconcile(
+def reconcile(  # noqa: PLR0913  a Typer command: one parameter per option
     ctx: typer.Context,
     period: Period = "current",
     account: Account = None,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from adapter.cli.errors import fail
 from adapter.cli.usage import show_decimal
 from adapter.pushing.pusher import PushResult
 from adapter.reading.reports import ReportInfo
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 #: Colours of the statuses in tables; a status not listed is printed plain.
 STATUS_STYLES = {
@@ -64,7 +67,7 @@ class ReportStatus(StrEnum):
     SUPERSEDED = "superseded"
 
 
-def jsonable(record: Any) -> dict[str, Any]:
+def jsonable(record: DataclassInstance) -> dict[str, Any]:
     """A dataclass as JSON-ready data: ISO 8601 times, decimals as exact strings."""
     data = dataclasses.asdict(record)
     for key, value in data.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+import uvicorn
 
 from adapter.cli.context import connected, console
 from config.settings import Settings
@@ -39,9 +40,7 @@ def _notes(settings: Settings) -> list[str]:
 def serve(ctx: typer.Context, host: Host = None, port: Port = None) -> None:
     """Serve POST /webhooks/stripe, the usage and ops API, /healthz and /metrics (Ctrl-C
     stops it). Deliveries go to the broker, for `metersync worker` to apply."""
-    import uvicorn
-
-    from webhooks.app import create_app
+    from webhooks.app import create_app  # noqa: PLC0415  composition root: loaded when serving
 
     with connected(ctx) as ms:  # a bad database URL fails here, before listening
         settings = ms.settings

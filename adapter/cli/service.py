@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+import uvicorn
+from dramatiq import Worker
 
 from adapter.cli.context import connected, console, state
 from adapter.client import Metersync
@@ -85,9 +87,7 @@ def _port(port: int | None, ms: Metersync) -> int:
 @contextmanager
 def _http(ms: Metersync, actors: Actors, *, host: str, port: int) -> Iterator[None]:
     """The FastAPI app under uvicorn in a thread of this process."""
-    import uvicorn
-
-    from webhooks.app import create_app
+    from webhooks.app import create_app  # noqa: PLC0415  composition root: loaded when run
 
     app = create_app(
         ms.settings, ms=ms, enqueue=lambda delivery_id: actors.enqueue_deliveries([delivery_id])
@@ -110,11 +110,10 @@ def _http(ms: Metersync, actors: Actors, *, host: str, port: int) -> Iterator[No
 
 @contextmanager
 def _services(ms: Metersync, *, worker_threads: int, scheduler: bool) -> Iterator[Actors]:
-    from dramatiq import Worker
-
-    from workers.actors import declare
-    from workers.broker import make_broker
-    from workers.scheduler import Scheduler
+    # The CLI composes the workers only when a command runs them.
+    from workers.actors import declare  # noqa: PLC0415  composition root: loaded when run
+    from workers.broker import make_broker  # noqa: PLC0415  composition root: loaded when run
+    from workers.scheduler import Scheduler  # noqa: PLC0415  composition root: loaded when run
 
     handle = make_broker(ms.settings)
     actors = declare(handle, ms)

@@ -99,7 +99,7 @@ MeterOption = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print the usage as JSON instead of a table.")]
 
 
-def usage(
+def usage(  # noqa: PLR0913  a Typer command: one parameter per option
     ctx: typer.Context,
     account: Account,
     period_start: From = None,

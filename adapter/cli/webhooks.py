@@ -29,6 +29,7 @@ from adapter.cli.reports import (
     undelivered,
 )
 from adapter.errors import MetersyncError
+from adapter.mirror import process
 from adapter.store.mirror_models import WebhookDelivery
 from adapter.store.models import table
 
@@ -80,16 +81,16 @@ def list_deliveries(
     if status is not None:
         query = query.where(_DELIVERIES.c.status == status)
     with engine.connect() as conn:
-        rows = conn.execute(query.order_by(_DELIVERIES.c.id.desc()).limit(limit)).all()
-    return [DeliveryInfo(**row._mapping) for row in rows]
+        rows = conn.execute(query.order_by(_DELIVERIES.c.id.desc()).limit(limit)).mappings().all()
+    return [DeliveryInfo(**row) for row in rows]
 
 
 def delivery(engine: sa.Engine, delivery_id: int) -> DeliveryInfo | None:
     """One delivery, or ``None``."""
     query = sa.select(*(_DELIVERIES.c[f] for f in _FIELDS))
     with engine.connect() as conn:
-        row = conn.execute(query.where(_DELIVERIES.c.id == delivery_id)).first()
-    return None if row is None else DeliveryInfo(**row._mapping)
+        row = conn.execute(query.where(_DELIVERIES.c.id == delivery_id)).mappings().first()
+    return None if row is None else DeliveryInfo(**row)
 
 
 def deliveries_table(found: list[DeliveryInfo]) -> Table:
@@ -199,8 +200,6 @@ def replay(ctx: typer.Context, delivery_id: DeliveryId, as_json: AsJson = False)
 def _replay(ms: Metersync, delivery_id: int) -> Processed:
     """Run the mirror on the delivery; an error is kept on the delivery and reported as
     one line with the status it left, not a traceback (unexpected ones are logged too)."""
-    from adapter.mirror import process
-
     gateway = ms.gateway()
     # Settles same-second ties by reading the object from Stripe, when a key is set.
     refetch = getattr(gateway, "retrieve", None) if gateway is not None else None

@@ -7,6 +7,7 @@ so they end like every other call: a value, :class:`TransientError` or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -37,7 +38,7 @@ class Adjusting:
         _client: stripe.StripeClient
         _policy: RetryPolicy
 
-        def _get(self, path: str, query: Any) -> JsonObject: ...
+        def _get(self, path: str, query: Mapping[str, Any]) -> JsonObject: ...
 
     def meter_event_summary(
         self, *, meter_id: str, customer: str, start: datetime, end: datetime

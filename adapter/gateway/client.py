@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy as copy_module
 import os
 import time
 from collections.abc import Callable
 from datetime import datetime
 from http.cookiejar import DefaultCookiePolicy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 from urllib.request import getproxies
 
 import requests
@@ -40,7 +39,7 @@ class Gateway(ObjectReader, Adjusting):
     """Sends meter events to Stripe and reads its meters and objects, one briefly-retried call
     at a time; reads meter event summaries and cancels meter events (reconciliation)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  independent keyword-only options of the public constructor
         self,
         *,
         client: stripe.StripeClient,
@@ -55,13 +54,18 @@ class Gateway(ObjectReader, Adjusting):
             attempts=attempts, max_wait=max_wait, wait=wait, sleep=sleep, throttle=throttle
         )
 
-    def throttled(self, throttle: Callable[[], None]) -> Gateway:
+    def throttled(self, throttle: Callable[[], None]) -> Self:
         """The same gateway, calling ``throttle`` before every request (workers pass the
         shared Stripe rate limit here, so retries after a 429 are paced too)."""
-        copy = copy_module.copy(self)
-        copy._policy = copy_module.copy(self._policy)
-        copy._policy.throttle = throttle
-        return copy
+        policy = self._policy
+        return type(self)(
+            client=self._client,
+            attempts=policy.attempts,
+            max_wait=policy.max_wait,
+            wait=policy.wait,
+            sleep=policy.sleep,
+            throttle=throttle,
+        )
 
     @classmethod
     def from_settings(
@@ -87,7 +91,7 @@ class Gateway(ObjectReader, Adjusting):
     def __repr__(self) -> str:
         return f"Gateway(attempts={self._policy.attempts}, max_wait={self._policy.max_wait})"
 
-    def send_meter_event(
+    def send_meter_event(  # noqa: PLR0913  a meter event's fields, by keyword: public API
         self,
         *,
         event_name: str,
@@ -141,7 +145,7 @@ class Gateway(ObjectReader, Adjusting):
 
     def stream(self, *, clock: Clock | None = None) -> MeterEventStream:
         """A v2 high-volume stream on this gateway's client and retry policy."""
-        return MeterEventStream(self, clock=clock)
+        return MeterEventStream(self._client, self._policy, clock=clock)
 
 
 def http_client(*, timeout: float) -> stripe.RequestsClient:

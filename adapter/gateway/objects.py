@@ -10,7 +10,6 @@ inside an object (invoice ``lines``, subscription ``items``) are fetched whole.
 
 from __future__ import annotations
 
-import copy as copy_module
 import json
 import threading
 import time
@@ -109,20 +108,19 @@ class ObjectReader:
         _client: stripe.StripeClient
         _policy: RetryPolicy
 
+        def throttled(self, throttle: Callable[[], None]) -> Self: ...
+
     def paced(self, throttle: Callable[[], None]) -> Self:
         """The same gateway calling ``throttle`` before every request, after any throttle
         it already has (``sync`` adds its own pace to a worker's shared rate limit)."""
         before = self._policy.throttle
-        paced = copy_module.copy(self)
-        paced._policy = copy_module.copy(self._policy)
 
         def both() -> None:
             if before is not None:
                 before()
             throttle()
 
-        paced._policy.throttle = both
-        return paced
+        return self.throttled(both)
 
     def list_page(
         self,

@@ -133,16 +133,17 @@ class RetryPolicy:
         self.throttle = throttle
         if wait is None:  # exponential backoff with full jitter, capped
             wait = tenacity.wait_random_exponential(multiplier=0.5, max=max_wait)
-        self._wait = wait
-        self._sleep = sleep
+        #: The backoff between attempts, and how it sleeps (tests pass fakes).
+        self.wait: tenacity.wait.WaitBaseT = wait
+        self.sleep = sleep
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()``, retried on transient Stripe errors; Stripe errors become ours."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
-            wait=self._wait,
+            wait=self.wait,
             retry=tenacity.retry_if_exception(_retry_now),
-            sleep=self._sleep,
+            sleep=self.sleep,
             before_sleep=_log_retry,
             reraise=True,
         )

@@ -16,7 +16,7 @@ from adapter.gateway.types import StreamEvent, aware, whole
 if TYPE_CHECKING:
     from stripe.params.v2.billing import MeterEventStreamCreateParamsEvent
 
-    from adapter.gateway.client import Gateway
+    from adapter.gateway.policy import RetryPolicy
 
 Clock = Callable[[], datetime]
 #: The v2 stream takes at most this many events per request.
@@ -38,9 +38,12 @@ class _Session:
 class MeterEventStream:
     """Sends events on Stripe's v2 meter event stream, holding a fresh session token."""
 
-    def __init__(self, gateway: Gateway, *, clock: Clock | None = None) -> None:
-        self._client = gateway._client  # same module: the gateway lends its client and policy
-        self._policy = gateway._policy
+    def __init__(
+        self, client: stripe.StripeClient, policy: RetryPolicy, *, clock: Clock | None = None
+    ) -> None:
+        # The gateway's own client and retry policy: made by :meth:`Gateway.stream`.
+        self._client = client
+        self._policy = policy
         self._clock = clock or (lambda: datetime.now(UTC))
         self._session: _Session | None = None
         self._lock = threading.Lock()

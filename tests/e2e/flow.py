@@ -85,7 +85,7 @@ class Service:
         except urllib.error.HTTPError as exc:
             return Response(exc.code, json.loads(exc.read() or b"null"))
 
-    def ops(self, method: str, path: str, body: Any = None, **params: str) -> Response:
+    def ops(self, method: str, path: str, body: object = None, **params: str) -> Response:
         """A request to the ops/usage API with the bearer token."""
         headers = {"Authorization": f"Bearer {OPS_TOKEN}", "Content-Type": "application/json"}
         data = None if body is None else json.dumps(body).encode()

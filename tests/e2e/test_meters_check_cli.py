@@ -36,7 +36,7 @@ def url(tmp_path: Path) -> str:
 
 
 def stripe_meter(
-    event_name: str, formula: str = "sum", *, id: str | None = None, **fields: Any
+    event_name: str, formula: str = "sum", *, id: str | None = None, **fields: str
 ) -> dict[str, Any]:
     """A billing meter as Stripe's API returns it, named ``mtr_<event_name>`` unless
     ``id`` is given; ``fields`` are :func:`tests.stripe_events.meter`'s other options."""

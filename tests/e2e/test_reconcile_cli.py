@@ -97,7 +97,9 @@ def world(
     return database, standin
 
 
-def _planted(event_name: str, customer: str, value: int, at: int, identifier: str) -> Any:
+def _planted(
+    event_name: str, customer: str, value: int, at: int, identifier: str
+) -> dict[str, Any]:
     return {
         "event_name": event_name,
         "identifier": identifier,

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+import requests
 import responses
 from typer.testing import CliRunner, Result
 
@@ -73,7 +74,7 @@ def error_line(result: Result) -> str:
     return lines[0]
 
 
-def refuse_api_calls(request: Any) -> tuple[int, dict[str, str], str]:
+def refuse_api_calls(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
     """Stripe refusing the api_calls event as an invalid value, accepting the others."""
     if parse_qs(request.body)["event_name"] != ["api_calls"]:
         return accept_meter_event(request)

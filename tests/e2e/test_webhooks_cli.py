@@ -63,7 +63,7 @@ def stored_rows(ms: Metersync) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in conn.execute(sa.select(_DELIVERIES).order_by(_DELIVERIES.c.id))]
 
 
-def delivery_row(ms: Metersync, delivery_id: int) -> Any:
+def delivery_row(ms: Metersync, delivery_id: int) -> sa.Row[Any]:
     """One stored delivery."""
     with ms.engine.connect() as conn:
         return conn.execute(sa.select(_DELIVERIES).where(_DELIVERIES.c.id == delivery_id)).one()

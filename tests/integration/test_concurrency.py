@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +158,9 @@ def _run(ms: Metersync, calls: list[Call]) -> list[Outcome]:
     return outcomes
 
 
-def _worker(url: str, plans: list[list[Call]], barrier: Any, results: Any) -> None:
+def _worker(
+    url: str, plans: list[list[Call]], barrier: Barrier, results: Queue[tuple[str, object]]
+) -> None:
     """Process entry point: connect, wait for the others, run one thread per plan."""
     try:
         ms = adapter.connect(Settings(database_url=url))
@@ -167,7 +171,7 @@ def _worker(url: str, plans: list[list[Call]], barrier: Any, results: Any) -> No
         finally:
             ms.close()
         results.put(("ok", outs))
-    except BaseException:
+    except BaseException:  # noqa: BLE001  process entry point: every failure goes to the test as a traceback
         results.put(("error", traceback.format_exc()))
 
 

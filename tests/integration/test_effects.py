@@ -108,7 +108,10 @@ def sent(mock: responses.RequestsMock) -> list[Sent]:
 
 
 def start_period(
-    ms: Metersync, account: int, period: tuple[datetime, datetime], previous: Any = None
+    ms: Metersync,
+    account: int,
+    period: tuple[datetime, datetime],
+    previous: tuple[datetime, datetime] | None = None,
 ) -> list[int]:
     """Store ``period`` (and ``previous``) and apply :func:`period_started`, as the mirror
     does, in one transaction; return the reports it queued for pushing."""
@@ -129,7 +132,7 @@ def start_period(
     return ctx.to_push
 
 
-def reports(ms: Metersync, **where: Any) -> list[Any]:
+def reports(ms: Metersync, **where: object) -> list[Any]:
     """Report rows matching column values, by window start then id."""
     query = sa.select(_REPORTS).order_by(_REPORTS.c.window_start, _REPORTS.c.id)
     for column, value in where.items():
@@ -324,8 +327,12 @@ def test_decided_max_report_keeps_no_period(ms: Metersync) -> None:
 # --- a property: every unit in its period, nothing twice ---------------------------------
 
 
+#: A boundary (seconds after the base hour), events (second, quantity), previous known.
+Scenario = tuple[int, list[tuple[int, int]], bool]
+
+
 @st.composite
-def boundary_scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]], bool]:
+def boundary_scenarios(draw: st.DrawFn) -> Scenario:
     """A boundary (seconds after the base hour) and events (second, quantity) around it;
     whether the previous period is known."""
     boundary = draw(st.integers(60, 3 * 3600))
@@ -345,7 +352,7 @@ def boundary_scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]], boo
 )
 @given(scenario=boundary_scenarios())
 def test_every_unit_is_sent_in_its_period_once(
-    live: Metersync, stripe_api: responses.RequestsMock, scenario: Any
+    live: Metersync, stripe_api: responses.RequestsMock, scenario: Scenario
 ) -> None:
     """For random events around a random late-learned boundary, Stripe receives per
     period exactly the units recorded in it, each report once, and get_usage agrees."""
@@ -396,7 +403,7 @@ def test_increments_racing_the_recut_are_counted_once(ms: Metersync) -> None:
                 ms.increment(
                     "acct_1", 1, meter="api_calls", timestamp=at, idempotency_key=f"{n}-{i}"
                 )
-        except BaseException as exc:  # reported to the main thread below
+        except BaseException as exc:  # noqa: BLE001  reported to the main thread, which fails the test
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]

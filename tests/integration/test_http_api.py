@@ -8,8 +8,10 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -40,7 +42,7 @@ def _no_mirror_rows(ms: Metersync) -> None:
         conn.execute(_INVOICES.delete())
 
 
-def make_client(ms: Metersync, *, token: str | None = TOKEN, **settings: Any) -> TestClient:
+def make_client(ms: Metersync, *, token: str | None = TOKEN, **settings: object) -> TestClient:
     """A client of an app on ``ms`` with the given ops token and settings."""
     update = {"ops_token": SecretStr(token) if token else None, **settings}
     app = create_app(ms.settings.model_copy(update=update), ms=ms, enqueue=lambda _id: None)
@@ -54,7 +56,7 @@ def client(ms: Metersync) -> Iterator[TestClient]:
         yield test_client
 
 
-def assert_error(response: Any, status: int, kind: str) -> dict[str, Any]:
+def assert_error(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:
     """The response is a JSON error of this status and type, with a message."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -88,7 +90,7 @@ PROTECTED = [
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
 def test_no_token_configured_refuses_with_403(
-    ms: Metersync, method: str, path: str, body: Any
+    ms: Metersync, method: str, path: str, body: object
 ) -> None:
     """Without METERSYNC_OPS_TOKEN every /v1 route answers 403 naming the variable, even
     to a request carrying a token, and changes nothing."""
@@ -102,7 +104,7 @@ def test_no_token_configured_refuses_with_403(
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
 def test_missing_token_is_401_with_bearer_challenge(
-    client: TestClient, ms: Metersync, method: str, path: str, body: Any
+    client: TestClient, ms: Metersync, method: str, path: str, body: object
 ) -> None:
     """No Authorization header: 401 with WWW-Authenticate: Bearer, nothing changed."""
     response = client.request(method, path, json=body)
@@ -114,7 +116,7 @@ def test_missing_token_is_401_with_bearer_challenge(
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
 def test_wrong_token_is_401_invalid_token(
-    client: TestClient, ms: Metersync, method: str, path: str, body: Any
+    client: TestClient, ms: Metersync, method: str, path: str, body: object
 ) -> None:
     """A wrong bearer token (or another scheme) answers 401 and never echoes the token."""
     wrong = {"Authorization": f"Bearer {TOKEN}x"}
@@ -339,7 +341,7 @@ def test_schedule_put_changes_and_audits(client: TestClient, ms: Metersync) -> N
     ],
 )
 def test_schedule_put_bad_input_changes_nothing(
-    client: TestClient, ms: Metersync, body: Any, status: int, kind: str
+    client: TestClient, ms: Metersync, body: object, status: int, kind: str
 ) -> None:
     """A bad expression or body is refused whole: nothing stored, nothing audited."""
     response = client.put("/v1/schedule", json=body, headers=AUTH)
@@ -484,7 +486,7 @@ def test_unexpected_error_is_500_json_without_details(
 ) -> None:
     """A bug answers 500 JSON that reveals nothing of the exception."""
 
-    def broken(*_args: Any, **_kw: Any) -> None:
+    def broken(*_args: object, **_kw: object) -> None:
         raise RuntimeError("internal detail /etc/secret")
 
     monkeypatch.setattr(ms, "get_usage", broken)
@@ -494,7 +496,7 @@ def test_unexpected_error_is_500_json_without_details(
 
 
 def test_app_builds_without_connecting_and_reports_bad_settings(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """create_app() reads and connects nothing; invalid settings stop the app at startup,
     and (without a startup) answer a 500 JSON error naming the field, never its value."""

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 from uuid import uuid4
 
 import pytest
+import requests
 import responses
 import stripe
 import tenacity
@@ -58,7 +59,7 @@ class FakeStripe:
     def _fault(self) -> str | None:
         return self.faults.pop(0) if self.faults else None
 
-    def _event(self, request: Any) -> tuple[int, dict[str, str], str]:
+    def _event(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
         form = {k: v[0] for k, v in parse_qs(request.body).items()}
         fault = self._fault()
         if fault == "before":
@@ -79,7 +80,7 @@ class FakeStripe:
             return _server_error()
         return 200, {"Request-Id": "req_ok"}, json.dumps({"identifier": identifier})
 
-    def _cancel(self, request: Any) -> tuple[int, dict[str, str], str]:
+    def _cancel(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
         form = {k: v[0] for k, v in parse_qs(request.body).items()}
         if self._fault() == "before":
             return _server_error()

@@ -5,13 +5,19 @@ from __future__ import annotations
 import multiprocessing
 import traceback
 from collections.abc import Callable, Iterator
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
 
 import adapter
+import adapter.store.mirror_models  # registers the mirror tables in SQLModel.metadata
 from adapter.errors import MetersyncError, SchemaOutOfDate
 from adapter.store import db
 from config.settings import Settings
@@ -68,13 +74,13 @@ def engine(fresh_url: str) -> Iterator[sa.Engine]:
         eng.dispose()
 
 
-def _upgrade_worker(url: str, barrier: Any, results: Any) -> None:
+def _upgrade_worker(url: str, barrier: Barrier, results: Queue[tuple[str, object]]) -> None:
     """Process entry point: upgrade ``url`` as soon as every process is ready."""
     engine = db.make_engine(url)
     try:
         barrier.wait(timeout=60)
         results.put(("ok", db.upgrade(engine)))
-    except BaseException:
+    except BaseException:  # noqa: BLE001  process entry point: every failure goes to the test as a traceback
         results.put(("error", traceback.format_exc()))
     finally:
         engine.dispose()
@@ -113,12 +119,6 @@ def test_upgrade_brings_postgres_to_head(fresh_url: str, engine: sa.Engine) -> N
 @pytest.mark.postgres
 def test_migrations_create_exactly_the_models(engine: sa.Engine, tmp_path: Path) -> None:
     """After upgrading, the database matches the SQLModel tables on PostgreSQL and SQLite."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-    from sqlmodel import SQLModel
-
-    import adapter.store.mirror_models  # noqa: F401  (registers the mirror tables)
-
     sqlite = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     for eng in (engine, sqlite):
         db.upgrade(eng)
@@ -212,7 +212,7 @@ def test_sqlite_migrates_itself_on_connect(tmp_path: Path) -> None:
         again.close()
 
 
-def _connect_worker(url: str, barrier: Any, results: Any) -> None:
+def _connect_worker(url: str, barrier: Barrier, results: Queue[tuple[str, object]]) -> None:
     """Process entry point: connect to ``url`` (migrating it) once every process is ready."""
     try:
         barrier.wait(timeout=60)
@@ -221,7 +221,7 @@ def _connect_worker(url: str, barrier: Any, results: Any) -> None:
             results.put(("ok", db.current_revision(ms.engine)))
         finally:
             ms.close()
-    except BaseException:
+    except BaseException:  # noqa: BLE001  process entry point: every failure goes to the test as a traceback
         results.put(("error", traceback.format_exc()))
 
 

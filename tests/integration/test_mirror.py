@@ -34,7 +34,7 @@ _INVOICES, _LINES = table(Invoice), table(InvoiceLine)
 _ACCOUNTS, _AUDIT, _PERIODS = table(Account), table(AuditLog), table(BillingPeriod)
 
 
-def row(ms: Metersync, t: sa.Table, obj_id: str) -> Any:
+def row(ms: Metersync, t: sa.Table, obj_id: str) -> sa.Row[Any]:
     """One mirrored row by id."""
     with ms.engine.connect() as conn:
         return conn.execute(sa.select(t).where(t.c.id == obj_id)).one()

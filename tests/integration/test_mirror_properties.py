@@ -440,7 +440,9 @@ def run(ms: Metersync, scenario: Scenario) -> Stripe:
     return stripe
 
 
-def _rows(conn: sa.Connection, t: sa.Table, *where: Any) -> Iterator[Any]:
+def _rows(
+    conn: sa.Connection, t: sa.Table, *where: sa.ColumnElement[bool]
+) -> Iterator[sa.Row[Any]]:
     yield from conn.execute(sa.select(t).where(*where).order_by(t.c.id))
 
 

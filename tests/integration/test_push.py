@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
@@ -22,6 +22,7 @@ from adapter.pushing.pusher import close_reports
 from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests.conftest import _empty
+from tests.servers import Postgres
 
 EVENTS_URL = "https://api.stripe.com/v1/billing/meter_events"
 _REPORTS = table(UsageReport)
@@ -223,11 +224,6 @@ def test_increments_racing_closes_are_counted_in_exactly_one_report(
 ) -> None:
     """Threads incrementing while another closes reports over and over: every unit lands
     in exactly one report, and every event points at a report that holds it."""
-    import threading
-
-    from adapter.pushing.pusher import close_reports
-    from tests.servers import Postgres
-
     assert isinstance(postgres_server, Postgres)
     url = postgres_server.create_database()
     ms = adapter.connect(Settings(database_url=url, auto_migrate=True))
@@ -295,7 +291,7 @@ def test_a_v1_push_is_a_handful_of_statements_on_postgresql(postgres_url: str) -
         pusher.installation(conn)  # read once per process, then kept
     statements: list[str] = []
 
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def count(_conn: sa.Connection, _cursor: object, statement: str, *_args: object) -> None:
         statements.append(" ".join(statement.split())[:60])
 
     sa.event.listen(ms.engine, "before_cursor_execute", count)

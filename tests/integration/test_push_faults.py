@@ -28,6 +28,7 @@ from adapter.client import Metersync
 from adapter.pushing.pusher import PUSHABLE, close_reports, pushable_ids
 from adapter.store.models import Account, Meter, UsageReport, table
 from config.settings import Settings
+from tests import stripe_standin
 from tests.servers import Postgres, Redis
 from workers.actors import Actors, declare, mutex_ttl_ms
 from workers.broker import BrokerHandle, make_broker
@@ -340,9 +341,7 @@ def test_worker_killed_mid_push_then_replaced_bills_once(setup: Setup) -> None:
 
 def test_standin_rejects_a_repeated_identifier_like_stripe() -> None:
     """The stand-in answers a repeat with Stripe's 400, message and Should-Retry header."""
-    from tests.stripe_standin import start
-
-    server = start()
+    server = stripe_standin.start()
     try:
         body = b"event_name=api_calls&identifier=id-1&payload[stripe_customer_id]=cus_1"
         body += b"&payload[value]=3&timestamp=1700000000"

@@ -15,6 +15,7 @@ from adapter.client import Metersync
 from adapter.store.models import UsageReport, table
 from adapter.store.unlinked import claim_released, expire_stale
 from config.settings import Settings
+from tests.conftest import _empty
 from tests.integration.test_latest_properties import FakeStripe, _gateway
 
 _REPORTS = table(UsageReport)
@@ -147,8 +148,6 @@ def test_a_link_committing_during_the_push_is_seen_not_stranded(
     """A push that meets a link still uncommitted waits for it and sends to the new
     customer; without the share lock it would mark the report unlinked after the link
     had released the account's waiting reports, and strand it."""
-    from tests.conftest import _empty
-
     _empty(postgres_url)
     ms = adapter.connect(Settings(database_url=postgres_url), gateway=_gateway())
     try:

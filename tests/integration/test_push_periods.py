@@ -49,8 +49,8 @@ def _store_behind_the_cache(ms: Metersync, start: datetime, end: datetime) -> No
 
 def _reports(ms: Metersync) -> list[dict[str, Any]]:
     with ms.engine.connect() as conn:
-        rows = conn.execute(sa.select(_REPORTS).order_by(_REPORTS.c.window_start)).all()
-    return [dict(r._mapping) for r in rows]
+        query = sa.select(_REPORTS).order_by(_REPORTS.c.window_start)
+        return [dict(m) for m in conn.execute(query).mappings()]
 
 
 def _sent_total() -> int:

@@ -25,9 +25,9 @@ def _limiter(server: Redis, limit: int, window_ms: int = 1000) -> SlidingWindowL
 def test_admits_the_limit_then_refuses_until_the_window_slides(redis_server: Redis) -> None:
     """Five slots per 300 ms: five are taken, the sixth waits for the window to move."""
     limiter = _limiter(redis_server, 5, window_ms=300)
-    assert [limiter._acquire() for _ in range(6)] == [True] * 5 + [False]
+    assert [limiter.acquire() for _ in range(6)] == [True] * 5 + [False]
     time.sleep(0.35)
-    assert limiter._acquire()
+    assert limiter.acquire()
 
 
 def test_no_window_of_a_second_ever_holds_more_than_the_limit(redis_server: Redis) -> None:
@@ -38,9 +38,9 @@ def test_no_window_of_a_second_ever_holds_more_than_the_limit(redis_server: Redi
     limit = 20
     limiter = _limiter(redis_server, limit)
     # The limiter's own script, answering the admission time (µs) instead of 1.
-    assert rate_limit._SCRIPT.count("return 1") == 1
+    assert rate_limit.SLIDING_WINDOW_SCRIPT.count("return 1") == 1
     timed = redis.Redis.from_url(redis_server.url).register_script(
-        rate_limit._SCRIPT.replace("return 1", "return now")
+        rate_limit.SLIDING_WINDOW_SCRIPT.replace("return 1", "return now")
     )
     admitted: list[int] = []
     lock = threading.Lock()

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import sqlalchemy as sa
@@ -78,12 +79,12 @@ def rows(ms: Metersync) -> list[Any]:
         return list(conn.execute(sa.select(_DELIVERIES).order_by(_DELIVERIES.c.id)).all())
 
 
-def post(client: TestClient, body: bytes, headers: dict[str, str] | None = None) -> Any:
+def post(client: TestClient, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
     """POST ``body`` to the receiver, signed unless headers are given."""
     return client.post(URL, content=body, headers=headers or signed_headers(body))
 
 
-def assert_error(response: Any, status: int, kind: str) -> None:
+def assert_error(response: httpx.Response, status: int, kind: str) -> None:
     """The response is a JSON error of this status and type, with a message."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")

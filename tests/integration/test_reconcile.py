@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from adapter.client import Metersync
 from adapter.reconciling import run as reconciling
-from adapter.reconciling.run import ReconcileSummary
+from adapter.reconciling.run import Progress, ReconcileSummary
 from adapter.store.models import AuditLog, Meter, UsageReport, table, utcnow
 from tests.gateways import make_gateway
 from tests.stripe_meter_model import meter_id
@@ -34,13 +34,26 @@ class World:
     ms: Metersync
     stripe: StripeMeters
 
-    def run(self, **options: Any) -> ReconcileSummary:
+    def run(
+        self,
+        *,
+        repair: bool = False,
+        concurrency: int | None = None,
+        progress: Progress | None = None,
+    ) -> ReconcileSummary:
         """A reconcile run with no pacing wait."""
         gateway = self.ms.gateway()
         assert gateway is not None
-        return reconciling.reconcile(self.ms, gateway, pace=lambda: None, **options)
+        return reconciling.reconcile(
+            self.ms,
+            gateway,
+            pace=lambda: None,
+            repair=repair,
+            concurrency=concurrency,
+            progress=progress,
+        )
 
-    def report(self, meter: str, status: str = "sent") -> Any:
+    def report(self, meter: str, status: str = "sent") -> sa.Row[Any]:
         """The newest report of ``meter`` with ``status``."""
         reports, meters = table(UsageReport), table(Meter)
         query = (
@@ -50,7 +63,9 @@ class World:
             .order_by(reports.c.id.desc())
         )
         with self.ms.engine.connect() as conn:
-            return conn.execute(query).first()
+            found = conn.execute(query).first()
+        assert found is not None, f"no {status} report of {meter}"
+        return found
 
 
 def verdicts(summary: ReconcileSummary) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -75,7 +76,7 @@ def ms(ms: Metersync) -> Metersync:
     if ms.engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(ms.engine, "connect")
-        def _short_busy_timeout(dbapi_conn: Any, _record: Any) -> None:
+        def _short_busy_timeout(dbapi_conn: sqlite3.Connection, _record: object) -> None:
             dbapi_conn.execute("PRAGMA busy_timeout=200")
 
         ms.engine.dispose()  # pooled connections were made with the long timeout
@@ -139,7 +140,7 @@ BAD_INPUTS = [
 ]
 
 
-def _item(**overrides: Any) -> dict[str, Any]:
+def _item(**overrides: object) -> dict[str, Any]:
     """A usage item for ``record_many``; timestamps given as callables are evaluated."""
     item: dict[str, Any] = {"account": "acct_1", "meter": "api_calls", "quantity": 1}
     item.update(overrides)
@@ -292,7 +293,7 @@ def test_record_many_of_duplicates_leaves_no_empty_report(ms: Metersync, base: d
     ["acct_1", b"acct_1", {"account": "acct_1"}, (i for i in range(1)), None],
     ids=["str", "bytes", "mapping", "generator", "none"],
 )
-def test_record_many_refuses_what_is_not_a_list(ms: Metersync, items: Any) -> None:
+def test_record_many_refuses_what_is_not_a_list(ms: Metersync, items: object) -> None:
     """record_many takes a sequence of items; a string, mapping or generator raises."""
     with pytest.raises(InvalidUsage, match="takes a list of usage items"):
         ms.record_many(items)
@@ -576,7 +577,9 @@ def test_get_usage_accepts_strings_dates_and_aware_datetimes(ms: Metersync) -> N
         ("soon", "2026-02-01", "not an ISO 8601"),
     ],
 )
-def test_get_usage_refuses_bad_periods(ms: Metersync, start: Any, end: Any, message: str) -> None:
+def test_get_usage_refuses_bad_periods(
+    ms: Metersync, start: datetime | str | None, end: datetime | str | None, message: str
+) -> None:
     """Naive datetimes, empty or reversed periods and half-given periods raise InvalidPeriod."""
     with pytest.raises(InvalidPeriod, match=message):
         ms.get_usage("acct_1", start, end)

@@ -31,7 +31,7 @@ def audit(ms: Metersync) -> list[Any]:
         return list(conn.execute(query.order_by(_AUDIT.c.id)).all())
 
 
-def stored(ms: Metersync) -> Any:
+def stored(ms: Metersync) -> sa.Row[Any]:
     """The schedule row as stored."""
     with ms.engine.connect() as conn:
         return conn.execute(sa.select(_SCHEDULE)).one()
@@ -222,7 +222,7 @@ def test_concurrent_sets_audit_an_unbroken_chain(ms: Metersync, db_url: str) -> 
         start.wait()
         try:
             client.schedule.set(expression, actor=f"ops:{expression}")
-        except BaseException as exc:  # reported below, so the test fails with it
+        except BaseException as exc:  # noqa: BLE001  reported below, so the test fails with it
             errors.append(exc)
 
     threads = [

@@ -4,6 +4,7 @@ mirror closed, and event replay (new events only, oldest first)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -210,12 +211,20 @@ def mirror() -> FakeMirror:
     return FakeMirror()
 
 
-def run(ms: Metersync, mirror: FakeMirror, **kw: Any) -> syncing.SyncSummary:
-    return syncing.sync(ms, _gateway(), pace=lambda: None, mirror=mirror, **kw)
+def run(
+    ms: Metersync,
+    mirror: FakeMirror,
+    *,
+    resources: Iterable[str] = syncing.RESOURCES,
+    restart: bool = False,
+) -> syncing.SyncSummary:
+    return syncing.sync(
+        ms, _gateway(), resources=resources, restart=restart, pace=lambda: None, mirror=mirror
+    )
 
 
-def replay(ms: Metersync, mirror: FakeMirror, **kw: Any) -> syncing.SyncSummary:
-    return syncing.sync_events(ms, _gateway(), pace=lambda: None, mirror=mirror, **kw)
+def replay(ms: Metersync, mirror: FakeMirror, *, restart: bool = False) -> syncing.SyncSummary:
+    return syncing.sync_events(ms, _gateway(), restart=restart, pace=lambda: None, mirror=mirror)
 
 
 def state(ms: Metersync) -> dict[str, tuple[str | None, bool, int]]:

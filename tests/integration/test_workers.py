@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -18,8 +19,9 @@ from adapter.pushing.pusher import close_reports
 from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests.servers import Redis
-from workers.actors import _pair_slots, declare
+from workers.actors import declare
 from workers.broker import QUEUE, BrokerHandle, make_broker
+from workers.rate_limit import DramatiqSlot, pair_slots, stripe_limiter
 from workers.scheduler import Scheduler
 
 _REPORTS = table(UsageReport)
@@ -144,18 +146,40 @@ def test_pair_slot_admits_one_holder_and_shares_dramatiqs_key(redis_server: Redi
     handle = make_broker(Settings(database_url="sqlite://", redis_url=redis_server.url))
     try:
         key = f"metersync:push:test:{datetime.now(UTC).timestamp()}"
-        slot = _pair_slots(handle, ttl=60_000)
+        slot = pair_slots(handle, ttl=60_000)
         first, second = slot(key), slot(key)
-        assert first._acquire()
-        assert not second._acquire()
-        first._release()
-        assert second._acquire()
-        old = ConcurrentRateLimiter(handle.backend, key, limit=1, ttl=60_000)
-        assert not old._acquire()  # the new slot's holder keeps an old worker out
-        second._release()
-        assert old._acquire()
-        assert not slot(key)._acquire()  # and an old worker's hold keeps a new one out
-        old._release()
-        assert slot(key)._acquire()
+        assert first.acquire()
+        assert not second.acquire()
+        first.release()
+        assert second.acquire()
+        old = DramatiqSlot(ConcurrentRateLimiter(handle.backend, key, limit=1, ttl=60_000))
+        assert not old.acquire()  # the new slot's holder keeps an old worker out
+        second.release()
+        assert old.acquire()
+        assert not slot(key).acquire()  # and an old worker's hold keeps a new one out
+        old.release()
+        assert slot(key).acquire()
     finally:
         handle.close()
+
+
+def test_without_redis_slots_hold_one_at_a_time_and_the_limit_counts_calls(
+    stub: BrokerHandle,
+) -> None:
+    """On the stub backend: a pair slot admits one holder until released, and the Stripe
+    limit admits ``limit`` calls within a second, then refuses."""
+    slot = pair_slots(stub, ttl=60_000)
+    first, second = slot("metersync:push:1:1"), slot("metersync:push:1:1")
+    assert first.acquire()
+    assert not second.acquire()
+    assert slot("metersync:push:1:2").acquire()  # another pair is not held up
+    first.release()
+    assert second.acquire()
+    for _ in range(3):  # a second boundary between the calls resets the count: again
+        fresh = BrokerHandle(StubBroker(), StubBackend(), "stub")  # counts from zero
+        limiter = stripe_limiter(fresh, limit=3)
+        started = int(time.time())
+        taken = [limiter.acquire() for _ in range(4)]
+        if int(time.time()) == started:
+            break
+    assert taken == [True, True, True, False]

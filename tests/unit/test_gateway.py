@@ -13,6 +13,7 @@ import responses
 import stripe
 import tenacity
 from pydantic import SecretStr
+from responses import matchers
 
 from adapter.errors import ConfigurationError, MetersyncError
 from adapter.gateway import (
@@ -50,7 +51,7 @@ def gateway(sleeps: Sleeps) -> Gateway:
     return Gateway(client=make_client(), attempts=4, wait=tenacity.wait_fixed(0.5), sleep=sleeps)
 
 
-def send(gateway: Gateway, **overrides: Any) -> Delivery:
+def send(gateway: Gateway, **overrides: object) -> Delivery:
     args: dict[str, Any] = {
         "event_name": "api_calls",
         "stripe_customer_id": "cus_123",
@@ -62,7 +63,7 @@ def send(gateway: Gateway, **overrides: Any) -> Delivery:
 
 
 def stripe_error(
-    message: str, *, type_: str = "invalid_request_error", **extra: Any
+    message: str, *, type_: str = "invalid_request_error", **extra: str | None
 ) -> dict[str, Any]:
     return {"error": {"type": type_, "message": message, **extra}}
 
@@ -74,7 +75,7 @@ def add_error(
     message: str,
     *,
     headers: dict[str, str] | None = None,
-    **error: Any,
+    **error: str | None,
 ) -> None:
     http.post(
         url,
@@ -92,7 +93,7 @@ def add_ok(http: responses.RequestsMock) -> None:
     )
 
 
-def form(call: Any) -> dict[str, list[str]]:
+def form(call: responses.Call) -> dict[str, list[str]]:
     return parse_qs(call.request.body)
 
 
@@ -632,13 +633,21 @@ def test_stream_event_timestamps_are_utc() -> None:
     assert rfc3339(moment) == "2026-11-03T14:00:00.123Z"
 
 
-def test_from_settings_applies_the_configured_request_timeout() -> None:
+def test_from_settings_applies_the_configured_request_timeout(
+    http: responses.RequestsMock,
+) -> None:
     """METERSYNC_STRIPE_TIMEOUT bounds every Stripe request (stripe-python's default is 80 s)."""
-    settings = Settings(stripe_api_key=SecretStr("sk_test_timeout"), stripe_timeout=3.5)
-    gateway = Gateway.from_settings(settings)
-    http = gateway._client._requestor._client  # type: ignore[attr-defined]
-    assert isinstance(http, stripe.RequestsClient)
-    assert http._timeout == 3.5
+    settings = Settings(
+        stripe_api_key=SecretStr("sk_test_timeout"), stripe_timeout=3.5, stripe_api_base=API
+    )
+    # Answered only when requests is given timeout=3.5; any other call is a connection error.
+    http.post(
+        METER_EVENTS,
+        json={"object": "billing.meter_event", "identifier": "rep_42"},
+        headers={"Request-Id": "req_ok"},
+        match=[matchers.request_kwargs_matcher({"timeout": 3.5})],
+    )
+    assert send(Gateway.from_settings(settings, attempts=1)).request_id == "req_ok"
 
 
 # --- throttle -------------------------------------------------------------------------------
@@ -694,7 +703,7 @@ def test_http_client_shares_a_session_that_ignores_the_environment(
                  "all_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     client = gateway_client.http_client(timeout=7)
-    session = client._session
+    session = client._session  # noqa: SLF001  stripe-python's RequestsClient shows its session nowhere else
     assert session is not None
     assert session.trust_env is False
     with responses.RequestsMock() as mock:
@@ -714,4 +723,4 @@ def test_http_client_honours_a_proxy_or_ca_bundle(
     applies them on every call, instead of the shared session."""
     monkeypatch.setenv(name, value)
     client = gateway_client.http_client(timeout=7)
-    assert client._session is None
+    assert client._session is None  # noqa: SLF001  stripe-python's RequestsClient shows its session nowhere else

@@ -41,7 +41,9 @@ def line(n: int) -> dict[str, Any]:
     return {"id": f"il_{n}", "object": "line_item", "amount": n, "quantity": n}
 
 
-def error(message: str, *, code: str | None = None, type_: str = "invalid_request_error") -> Any:
+def error(
+    message: str, *, code: str | None = None, type_: str = "invalid_request_error"
+) -> dict[str, Any]:
     body: dict[str, Any] = {"type": type_, "message": message}
     if code:
         body["code"] = code

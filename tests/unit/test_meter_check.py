@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
@@ -20,6 +20,9 @@ from adapter.pushing.meter_check import (
 from adapter.store.catalog import MeterInfo
 from config.settings import Settings
 
+if TYPE_CHECKING:
+    from adapter.client import Metersync
+
 
 def local(
     name: str, aggregation: Aggregation = "sum", *, event_name: str | None = None
@@ -28,7 +31,7 @@ def local(
     return MeterInfo(1, name, event_name or name, aggregation, "down", None)
 
 
-def remote(
+def remote(  # noqa: PLR0913  a Stripe meter's fields, by keyword, each independent
     event_name: str,
     formula: str = "sum",
     *,
@@ -253,9 +256,10 @@ class FakeGateway:
         return self.meters
 
 
-def fake_ms(meters: list[MeterInfo], *, key: str | None = None) -> Any:
-    """A fake metersync with these local meters and, optionally, a Stripe key."""
-    return FakeMetersync(Settings(stripe_api_key=key), FakeMeters(meters))
+def fake_ms(meters: list[MeterInfo], *, key: str | None = None) -> Metersync:
+    """A fake metersync with these local meters and, optionally, a Stripe key (check()
+    reads only its ``settings`` and ``meters``)."""
+    return cast("Metersync", FakeMetersync(Settings(stripe_api_key=key), FakeMeters(meters)))
 
 
 def test_check_lists_stripe_meters_once_and_splits_ok_from_problems() -> None:

@@ -743,7 +743,7 @@ _instants = st.datetimes(
     period_shift=st.fractions(min_value=-1, max_value=Fraction(1, 2)),
     period_length=st.timedeltas(min_value=SECOND, max_value=40 * DAY),
 )
-def test_timestamp_property_latest_second_inside_every_bound(
+def test_timestamp_property_latest_second_inside_every_bound(  # noqa: PLR0913  one parameter per input Hypothesis draws
     start: datetime,
     length: timedelta,
     now: datetime,
