@@ -49,6 +49,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from adapter.domain.drift import DRIFT
+from adapter.domain.statuses import ReportStatus
 from adapter.store.mirror_models import WebhookDelivery
 from adapter.store.models import UsageReport, table, utcnow
 from adapter.store.reconcile_models import ReconcilePair, ReconcileRun
@@ -67,18 +68,7 @@ LATENCY_ROWS = 50_000
 #: Quantiles of push latency reported; 1 is the slowest push.
 QUANTILES = (0.5, 0.99, 1.0)
 #: Statuses always reported, with zeros, so that alerts need no absent() guard.
-REPORT_STATUSES = (
-    "open",
-    "closed",
-    "sending",
-    "sent",
-    "dry_run",
-    "skipped_free",
-    "unlinked",
-    "failed",
-    "expired",
-    "superseded",
-)
+REPORT_STATUSES: tuple[str, ...] = tuple(ReportStatus)
 DELIVERY_STATUSES = ("received", "processed", "ignored", "skipped", "failed")
 
 

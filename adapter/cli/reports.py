@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -20,6 +19,7 @@ from rich.text import Text
 from adapter.cli.context import connected, console, print_json
 from adapter.cli.errors import fail
 from adapter.cli.usage import show_decimal
+from adapter.domain.statuses import ReportStatus
 from adapter.pushing.pusher import PushResult
 from adapter.reading.reports import ReportInfo
 
@@ -50,21 +50,6 @@ SUMMARY_WORDS = {
 PIPE_WIDTH = 160
 #: How many characters of an identifier a table shows on each side of the cut.
 ID_HEAD, ID_TAIL = 11, 6
-
-
-class ReportStatus(StrEnum):
-    """The statuses ``reports --status`` accepts (pinned to ``report_list.STATUSES``)."""
-
-    OPEN = "open"
-    CLOSED = "closed"
-    SENDING = "sending"
-    SENT = "sent"
-    DRY_RUN = "dry_run"
-    SKIPPED_FREE = "skipped_free"
-    UNLINKED = "unlinked"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    SUPERSEDED = "superseded"
 
 
 def jsonable(record: DataclassInstance) -> dict[str, Any]:

@@ -25,7 +25,10 @@ class ReportStatus(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     SUPERSEDED = "superseded"
-    MOVED = "moved"
+
+
+#: What a push says of a report whose events all went to a later period (never stored).
+MOVED_STATUS = "moved"
 
 
 #: Statuses a push acts on.

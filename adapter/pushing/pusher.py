@@ -28,7 +28,7 @@ import sqlalchemy as sa
 import structlog
 
 from adapter.domain import push_decision, reporting
-from adapter.domain.statuses import HELD, PUSHABLE, ReportStatus
+from adapter.domain.statuses import HELD, MOVED_STATUS, PUSHABLE, ReportStatus
 from adapter.domain.windows import period_containing
 from adapter.gateway import Gateway, PermanentError, TransientError
 from adapter.pushing import rows
@@ -158,7 +158,7 @@ class Pusher:
         if row.identifier is None and row.period_start is None and row.has_periods:
             settled = _settle_period(conn, row)
             if settled is None:
-                return result(row, ReportStatus.MOVED, error=MOVED), row
+                return result(row, MOVED_STATUS, error=MOVED), row
             row = settled
         if self._gateway is not None and not row.stripe_customer_id:
             if rows.customer_now(conn, row.account_id) is None:
@@ -311,7 +311,7 @@ def superseded(report_id: int) -> str:
 
 def gone(report_id: int) -> PushResult:
     """The outcome for a report that no longer exists: a re-cut moved all its events."""
-    return PushResult(report_id, "", "", "", ReportStatus.MOVED, error=MOVED)
+    return PushResult(report_id, "", "", "", MOVED_STATUS, error=MOVED)
 
 
 def _reload(conn: sa.Connection, report_id: int) -> Loaded:

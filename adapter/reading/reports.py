@@ -10,23 +10,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from adapter.domain.aggregation import Aggregate
+from adapter.domain.statuses import ReportStatus
 from adapter.errors import InvalidUsage
 from adapter.store.models import Account, Meter, UsageReport, table
 
 _REPORTS, _ACCOUNTS, _METERS = table(UsageReport), table(Account), table(Meter)
 #: Every status a report can have.
-STATUSES = (
-    "open",
-    "closed",
-    "sending",
-    "sent",
-    "dry_run",
-    "skipped_free",
-    "unlinked",
-    "failed",
-    "expired",
-    "superseded",
-)
+STATUSES: tuple[str, ...] = tuple(ReportStatus)
 
 
 @dataclass(frozen=True, slots=True)
