@@ -22,7 +22,7 @@ from adapter.recording.recorder import BatchResult, Receipt, Recorder
 from adapter.store import db
 from adapter.store.catalog import Accounts, Meters
 from adapter.store.models import UsageReport, table, utcnow
-from adapter.store.periods import Periods
+from adapter.store.periods import Periods, store_period
 from adapter.store.schedule import ScheduleStore
 from config.settings import Settings
 
@@ -58,7 +58,7 @@ class Metersync:
         #: The Stripe gateway given, else built from settings on first use.
         self._gateway: Gateway | None = gateway
 
-    def increment(
+    def increment(  # noqa: PLR0913  public API: independent keyword options of one event
         self,
         account: str,
         quantity: int | float | str | Decimal = 1,
@@ -131,8 +131,12 @@ class Metersync:
         self, account: str, period_start: DateLike, period_end: DateLike, *, source: str = "manual"
     ) -> None:
         """Record a billing period of ``account`` (the webhook mirror does this from Stripe
-        subscription items); new report windows are cut at its boundaries."""
-        self.periods.set(self.accounts.get(account).id, period_start, period_end, source=source)
+        subscription items); new report windows are cut at its boundaries. One transaction:
+        the account is read and the period written on the same connection."""
+        with self.engine.begin() as conn:
+            account_id = self.accounts.get(account, conn).id
+            store_period(conn, account_id, period_start, period_end, source=source)
+        self.periods.forget([account_id])
 
     def report_now(self) -> list[PushResult]:
         """Operator flush: close every open report, then push every closed one, now and

@@ -8,12 +8,22 @@ usage.get(account="acct_1", period_start="2026-10-10", period_end="2026-11-11")
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from adapter.client import DateLike, Metersync, connect
 from adapter.reading.usage import Usage
 from adapter.recording.recorder import Receipt
+
+
+class IncrementOptions(TypedDict, total=False):
+    """The other keywords of :meth:`Metersync.increment <adapter.client.Metersync.increment>`."""
+
+    idempotency_key: str | None
+    timestamp: DateLike | int | float | None
+    dimensions: Mapping[str, Any] | None
+
 
 _default: Metersync | None = None
 _lock = threading.Lock()
@@ -40,7 +50,7 @@ def increment(
     account: str,
     quantity: int | float | str | Decimal = 1,
     meter: str | None = None,
-    **kwargs: Any,
+    **kwargs: Unpack[IncrementOptions],
 ) -> Receipt:
     """Add ``quantity`` (default 1) to ``account`` on ``meter`` (default: the default meter)."""
     return default_connection().increment(account, quantity, meter=meter, **kwargs)

@@ -210,7 +210,7 @@ def _store_after(
     """:func:`store_usage_period`, given the account's latest period read on ``ctx.conn``."""
     if latest is not None and (period[0] < latest[0] or period == latest):
         return
-    periods.store_period(ctx.conn, account_id, *period, source=source, replace_overlaps=True)
+    periods.replace_period(ctx.conn, account_id, *period, source=source)
     # Readers of the cache on this transaction (the effects) must see the new period;
     # process.py forgets again after commit for everyone else.
     ctx.ms.periods.forget([account_id])

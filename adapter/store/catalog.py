@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from adapter.domain.aggregation import AGGREGATIONS, Aggregation
 from adapter.errors import InvalidUsage, UnknownAccount, UnknownMeter
 from adapter.store import unlinked
-from adapter.store.models import Account, AuditLog, Meter, table, utcnow
+from adapter.store.models import Account, AuditLog, Meter, UsageReport, table, utcnow
 from config import defaults
 
 _ACCOUNTS, _METERS, _AUDIT = table(Account), table(Meter), table(AuditLog)
+_REPORTS = table(UsageReport)
 #: How long a process trusts its list of all meters.
 CACHE_SECONDS = 2.0
 #: Fraction rounding rules applied at period close.
@@ -47,11 +48,11 @@ class MeterInfo:
     stripe_meter_id: str | None
 
 
-def _account(row: Any) -> AccountInfo:
+def _account(row: sa.Row[Any]) -> AccountInfo:
     return AccountInfo(row.id, row.name, row.stripe_customer_id, row.free, dict(row.meta or {}))
 
 
-def _meter(row: Any) -> MeterInfo:
+def _meter(row: sa.Row[Any]) -> MeterInfo:
     return MeterInfo(
         row.id, row.name, row.event_name, row.aggregation, row.rounding, row.stripe_meter_id
     )
@@ -132,10 +133,15 @@ class Accounts:
             row = conn.execute(sa.select(_ACCOUNTS).where(_ACCOUNTS.c.name == name)).one()
         return _account(row)
 
-    def get(self, name: str) -> AccountInfo:
-        """The account called ``name``, or :class:`UnknownAccount`."""
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(_ACCOUNTS).where(_ACCOUNTS.c.name == name)).first()
+    def get(self, name: str, conn: sa.Connection | None = None) -> AccountInfo:
+        """The account called ``name``, or :class:`UnknownAccount`; read on ``conn`` when
+        given (the caller's transaction), else on a connection of its own."""
+        query = sa.select(_ACCOUNTS).where(_ACCOUNTS.c.name == name)
+        if conn is None:
+            with self._engine.connect() as own:
+                row = own.execute(query).first()
+        else:
+            row = conn.execute(query).first()
         if row is None:
             raise self.unknown(name)
         return _account(row)
@@ -238,12 +244,9 @@ class Meters:
         return _meter(row)
 
     @staticmethod
-    def _refuse_aggregation_change(conn: sa.Connection, row: Any, new: str) -> None:
-        from adapter.store.models import UsageReport
-
-        reports = table(UsageReport)
+    def _refuse_aggregation_change(conn: sa.Connection, row: sa.Row[Any], new: str) -> None:
         used = conn.execute(
-            sa.select(reports.c.id).where(reports.c.meter_id == row.id).limit(1)
+            sa.select(_REPORTS.c.id).where(_REPORTS.c.meter_id == row.id).limit(1)
         ).first()
         if used is not None:
             raise InvalidUsage(

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Unpack
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from adapter.store.models import BigId, Quantity, UtcDateTime, utcnow
+from adapter.store.models import BigId, FieldOptions, Quantity, utcnow, when_field
 
 
-def _when(**kw: Any) -> Any:
-    return Field(sa_type=UtcDateTime(), **kw)
-
-
-def _json(**kw: Any) -> Any:
-    return Field(sa_type=sa.JSON(), **kw)
+def json_field(**options: Unpack[FieldOptions]) -> dict[str, Any]:
+    """A JSON column, typed as its value like the helpers in :mod:`adapter.store.models`."""
+    field: dict[str, Any] = Field(sa_type=sa.JSON(), **options)
+    return field
 
 
 class Mirrored(SQLModel):
@@ -31,13 +29,13 @@ class Mirrored(SQLModel):
 
     id: str = Field(primary_key=True, max_length=255)
     livemode: bool = False
-    created: datetime | None = _when(default=None, nullable=True)
-    meta: dict[str, Any] = _json(default_factory=dict)
+    created: datetime | None = when_field(default=None, nullable=True)
+    meta: dict[str, Any] = json_field(default_factory=dict)
     deleted: bool = False
     #: Id and ``created`` of the last event applied; ``sync`` leaves the id empty.
     last_event_id: str | None = Field(default=None, max_length=255)
-    last_event_at: datetime | None = _when(default=None, nullable=True)
-    updated_at: datetime = _when(default_factory=utcnow)
+    last_event_at: datetime | None = when_field(default=None, nullable=True)
+    updated_at: datetime = when_field(default_factory=utcnow)
 
 
 class StripeCustomer(Mirrored, table=True):
@@ -57,10 +55,10 @@ class Subscription(Mirrored, table=True):
 
     customer_id: str = Field(max_length=255, index=True)
     status: str = Field(max_length=32)
-    current_period_start: datetime | None = _when(default=None, nullable=True)
-    current_period_end: datetime | None = _when(default=None, nullable=True)
+    current_period_start: datetime | None = when_field(default=None, nullable=True)
+    current_period_end: datetime | None = when_field(default=None, nullable=True)
     cancel_at_period_end: bool = False
-    canceled_at: datetime | None = _when(default=None, nullable=True)
+    canceled_at: datetime | None = when_field(default=None, nullable=True)
 
 
 class SubscriptionItem(Mirrored, table=True):
@@ -73,8 +71,8 @@ class SubscriptionItem(Mirrored, table=True):
     price_id: str | None = Field(default=None, max_length=255)
     stripe_meter_id: str | None = Field(default=None, max_length=255)
     quantity: int | None = None
-    current_period_start: datetime | None = _when(default=None, nullable=True)
-    current_period_end: datetime | None = _when(default=None, nullable=True)
+    current_period_start: datetime | None = when_field(default=None, nullable=True)
+    current_period_end: datetime | None = when_field(default=None, nullable=True)
 
 
 class Invoice(Mirrored, table=True):
@@ -87,10 +85,10 @@ class Invoice(Mirrored, table=True):
     status: str = Field(max_length=32)
     billing_reason: str | None = Field(default=None, max_length=64)
     currency: str | None = Field(default=None, max_length=8)
-    period_start: datetime | None = _when(default=None, nullable=True)
-    period_end: datetime | None = _when(default=None, nullable=True)
+    period_start: datetime | None = when_field(default=None, nullable=True)
+    period_end: datetime | None = when_field(default=None, nullable=True)
     total: int | None = Field(default=None, sa_type=sa.BigInteger())
-    flushed_at: datetime | None = _when(default=None, nullable=True)
+    flushed_at: datetime | None = when_field(default=None, nullable=True)
 
 
 class InvoiceLine(SQLModel, table=True):
@@ -103,8 +101,8 @@ class InvoiceLine(SQLModel, table=True):
     price_id: str | None = Field(default=None, max_length=255)
     stripe_meter_id: str | None = Field(default=None, max_length=255)
     subscription_item_id: str | None = Field(default=None, max_length=255)
-    period_start: datetime | None = _when(default=None, nullable=True)
-    period_end: datetime | None = _when(default=None, nullable=True)
+    period_start: datetime | None = when_field(default=None, nullable=True)
+    period_end: datetime | None = when_field(default=None, nullable=True)
     quantity: Decimal | None = Field(default=None, sa_type=Quantity(), nullable=True)
     amount: int | None = Field(default=None, sa_type=sa.BigInteger())
     currency: str | None = Field(default=None, max_length=8)
@@ -121,10 +119,10 @@ class Price(Mirrored, table=True):
     currency: str | None = Field(default=None, max_length=8)
     billing_scheme: str | None = Field(default=None, max_length=16)
     tiers_mode: str | None = Field(default=None, max_length=16)
-    tiers: list[dict[str, Any]] | None = _json(default=None, nullable=True)
+    tiers: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON(), nullable=True)
     unit_amount: int | None = Field(default=None, sa_type=sa.BigInteger())
     unit_amount_decimal: str | None = Field(default=None, max_length=64)
-    transform_quantity: dict[str, Any] | None = _json(default=None, nullable=True)
+    transform_quantity: dict[str, Any] | None = json_field(default=None, nullable=True)
     usage_type: str | None = Field(default=None, max_length=16)
     interval: str | None = Field(default=None, max_length=16)
     stripe_meter_id: str | None = Field(default=None, max_length=255, index=True)
@@ -152,18 +150,18 @@ class WebhookDelivery(SQLModel, table=True):
     event_id: str = Field(max_length=255, unique=True)
     type: str = Field(max_length=128, index=True)
     #: The event's own ``created`` (one-second resolution), for ordering and lag.
-    created: datetime = _when()
+    created: datetime = when_field()
     livemode: bool = False
     object_id: str | None = Field(default=None, max_length=255)
-    payload: dict[str, Any] = _json()
+    payload: dict[str, Any] = json_field()
     #: ``received`` → ``processed`` | ``ignored`` | ``skipped`` (older than applied) |
     #: ``failed``.
     status: str = Field(default="received", max_length=16, index=True)
     attempts: int = 0
     error: str | None = None
     source: str = Field(default="webhook", max_length=16)
-    received_at: datetime = _when(default_factory=utcnow)
-    processed_at: datetime | None = _when(default=None, nullable=True)
+    received_at: datetime = when_field(default_factory=utcnow)
+    processed_at: datetime | None = when_field(default=None, nullable=True)
 
 
 class InvoiceReport(SQLModel, table=True):
@@ -187,4 +185,4 @@ class SyncState(SQLModel, table=True):
     cursor: str | None = Field(default=None, max_length=255)
     done: bool = False
     count: int = 0
-    updated_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)

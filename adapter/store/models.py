@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypedDict, Unpack, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import Dialect
@@ -25,13 +26,13 @@ class Quantity(sa.types.TypeDecorator[Decimal]):
             return dialect.type_descriptor(sa.String(48))
         return dialect.type_descriptor(sa.Numeric(asdecimal=True))
 
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Decimal | str | None:
         """Store Decimals exactly."""
         if value is None or dialect.name != "sqlite":
             return value
         return str(Decimal(value))
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+    def process_result_value(self, value: Decimal | str | None, dialect: Dialect) -> Decimal | None:
         """Always hand back a Decimal."""
         return None if value is None else Decimal(value)
 
@@ -42,7 +43,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Refuse naive datetimes; store UTC."""
         if value is None:
             return None
@@ -50,12 +51,11 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """SQLite returns naive values: they were stored as UTC."""
         if value is None:
             return None
-        when: datetime = value
-        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 #: 64-bit ids on PostgreSQL; SQLite auto-increments only ``INTEGER PRIMARY KEY``.
@@ -67,12 +67,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _when(**kw: Any) -> Any:
-    return Field(sa_type=UtcDateTime(), **kw)
+class FieldOptions(TypedDict, total=False):
+    """The ``Field`` options the column helpers below pass on."""
+
+    default: Decimal | None
+    default_factory: Callable[[], object]
+    nullable: bool
 
 
-def _qty(**kw: Any) -> Any:
-    return Field(sa_type=Quantity(), **kw)
+# The helpers are typed as the column's value, as ``dataclasses.field`` is, so that they
+# can stand as an attribute's default; what they return is sqlmodel's ``FieldInfo``.
+
+
+def when_field(**options: Unpack[FieldOptions]) -> datetime:
+    """A :class:`UtcDateTime` column."""
+    field: datetime = Field(sa_type=UtcDateTime(), **options)
+    return field
+
+
+def quantity_field(**options: Unpack[FieldOptions]) -> Decimal:
+    """A :class:`Quantity` column."""
+    field: Decimal = Field(sa_type=Quantity(), **options)
+    return field
 
 
 class Account(SQLModel, table=True):
@@ -83,8 +99,8 @@ class Account(SQLModel, table=True):
     stripe_customer_id: str | None = Field(default=None, max_length=255, index=True)
     free: bool = False
     meta: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON())
-    created_at: datetime = _when(default_factory=utcnow)
-    updated_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)
 
 
 class Meter(SQLModel, table=True):
@@ -97,8 +113,8 @@ class Meter(SQLModel, table=True):
     rounding: str = Field(default="down", max_length=8)
     stripe_meter_id: str | None = Field(default=None, max_length=255)
     stripe_formula: str | None = Field(default=None, max_length=16)
-    created_at: datetime = _when(default_factory=utcnow)
-    updated_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)
 
 
 class BillingPeriod(SQLModel, table=True):
@@ -109,8 +125,8 @@ class BillingPeriod(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     account_id: int = Field(foreign_key="account.id")
-    period_start: datetime = _when()
-    period_end: datetime = _when()
+    period_start: datetime = when_field()
+    period_end: datetime = when_field()
     source: str = Field(default="manual", max_length=255)
 
 
@@ -136,27 +152,27 @@ class UsageReport(SQLModel, table=True):
     account_id: int = Field(foreign_key="account.id")
     meter_id: int = Field(foreign_key="meter.id")
     status: str = Field(default="open", max_length=16)
-    window_start: datetime = _when()
-    window_end: datetime = _when()
-    period_start: datetime | None = _when(default=None, nullable=True)
-    period_end: datetime | None = _when(default=None, nullable=True)
-    total: Decimal = _qty(default=Decimal(0))
+    window_start: datetime = when_field()
+    window_end: datetime = when_field()
+    period_start: datetime | None = when_field(default=None, nullable=True)
+    period_end: datetime | None = when_field(default=None, nullable=True)
+    total: Decimal = quantity_field(default=Decimal(0))
     events: int = 0
-    max_value: Decimal | None = _qty(default=None, nullable=True)
-    last_value: Decimal | None = _qty(default=None, nullable=True)
-    last_at: datetime | None = _when(default=None, nullable=True)
+    max_value: Decimal | None = quantity_field(default=None, nullable=True)
+    last_value: Decimal | None = quantity_field(default=None, nullable=True)
+    last_at: datetime | None = when_field(default=None, nullable=True)
     identifier: str | None = Field(default=None, max_length=100)
-    sent_value: Decimal | None = _qty(default=None, nullable=True)
-    sent_timestamp: datetime | None = _when(default=None, nullable=True)
+    sent_value: Decimal | None = quantity_field(default=None, nullable=True)
+    sent_timestamp: datetime | None = when_field(default=None, nullable=True)
     attempts: int = 0
     #: When a worker last started a Stripe call for it; the outbox sweep leaves recent
     #: attempts alone instead of enqueueing a second message for them.
-    attempted_at: datetime | None = _when(default=None, nullable=True)
+    attempted_at: datetime | None = when_field(default=None, nullable=True)
     last_error: str | None = None
     stripe_request_id: str | None = Field(default=None, max_length=255)
-    created_at: datetime = _when(default_factory=utcnow)
-    closed_at: datetime | None = _when(default=None, nullable=True)
-    sent_at: datetime | None = _when(default=None, nullable=True)
+    created_at: datetime = when_field(default_factory=utcnow)
+    closed_at: datetime | None = when_field(default=None, nullable=True)
+    sent_at: datetime | None = when_field(default=None, nullable=True)
 
 
 class UsageEvent(SQLModel, table=True):
@@ -176,9 +192,9 @@ class UsageEvent(SQLModel, table=True):
     account_id: int
     meter_id: int
     report_id: int = Field(sa_type=BigId)
-    quantity: Decimal = _qty()
-    occurred_at: datetime = _when()
-    received_at: datetime = _when(default_factory=utcnow)
+    quantity: Decimal = quantity_field()
+    occurred_at: datetime = when_field()
+    received_at: datetime = when_field(default_factory=utcnow)
     idempotency_key: str | None = Field(default=None, max_length=255)
     dimensions: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON())
 
@@ -192,7 +208,7 @@ class ScheduleRow(SQLModel, table=True):
     expression: str = Field(max_length=100)
     paused: bool = False
     updated_by: str = Field(default="settings", max_length=255)
-    updated_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)
 
 
 class AuditLog(SQLModel, table=True):
@@ -201,7 +217,7 @@ class AuditLog(SQLModel, table=True):
     __tablename__ = "audit_log"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = _when(default_factory=utcnow)
+    at: datetime = when_field(default_factory=utcnow)
     actor: str = Field(max_length=255)
     action: str = Field(max_length=64)
     subject: str = Field(default="", max_length=255)
@@ -214,7 +230,7 @@ class Installation(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True)
     namespace: str = Field(max_length=64)
-    created_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
 
 
 def table(model: type[SQLModel]) -> sa.Table:

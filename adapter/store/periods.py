@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -84,42 +86,52 @@ class Periods:
 
 
 def store_period(
-    conn: sa.Connection,
-    account_id: int,
-    start: object,
-    end: object,
-    *,
-    source: str,
-    replace_overlaps: bool = False,
+    conn: sa.Connection, account_id: int, start: object, end: object, *, source: str
 ) -> Period:
     """Store a period of an account on ``conn`` (the caller's transaction), replacing the
     account's period with the same start. Another known period that overlaps it is
-    refused with :class:`InvalidPeriod`, unless ``replace_overlaps`` (Stripe's word is
-    final, e.g. after a billing-cycle-anchor reset): then an earlier period is cut to end
-    where this one starts and a later one is deleted. Callers drop cached copies with
+    refused with :class:`InvalidPeriod`. Callers drop cached copies with
     :meth:`Periods.forget` once the transaction commits."""
     begin, finish = validation.period(start, end)
-    overlapping = (
+    overlap = conn.execute(_overlapping(account_id, begin, finish)).first()
+    if overlap is not None:
+        raise InvalidPeriod(
+            f"period {begin.isoformat()}..{finish.isoformat()} overlaps the known "
+            f"period {overlap.period_start.isoformat()}..{overlap.period_end.isoformat()}"
+        )
+    _put(conn, account_id, (begin, finish), source=source)
+    return begin, finish
+
+
+def replace_period(
+    conn: sa.Connection, account_id: int, start: object, end: object, *, source: str
+) -> Period:
+    """:func:`store_period` for a period whose word is final (Stripe's, e.g. after a
+    billing-cycle-anchor reset): an earlier period it overlaps is cut to end where this
+    one starts and a later one is deleted, instead of refusing it."""
+    begin, finish = validation.period(start, end)
+    for row in conn.execute(_overlapping(account_id, begin, finish)).all():
+        if row.period_start < begin:
+            conn.execute(_PERIODS.update().where(_PERIODS.c.id == row.id).values(period_end=begin))
+        else:
+            conn.execute(_PERIODS.delete().where(_PERIODS.c.id == row.id))
+    _put(conn, account_id, (begin, finish), source=source)
+    return begin, finish
+
+
+def _overlapping(account_id: int, begin: datetime, finish: datetime) -> sa.Select[Any]:
+    """The account's other periods (another start) that overlap ``[begin, finish)``."""
+    return (
         sa.select(_PERIODS.c.id, _PERIODS.c.period_start, _PERIODS.c.period_end)
         .where(_PERIODS.c.account_id == account_id)
         .where(_PERIODS.c.period_start < finish, _PERIODS.c.period_end > begin)
         .where(_PERIODS.c.period_start != begin)
     )
-    if not replace_overlaps:
-        overlap = conn.execute(overlapping).first()
-        if overlap is not None:
-            raise InvalidPeriod(
-                f"period {begin.isoformat()}..{finish.isoformat()} overlaps the known "
-                f"period {overlap.period_start.isoformat()}..{overlap.period_end.isoformat()}"
-            )
-    else:
-        for row in conn.execute(overlapping).all():
-            if row.period_start < begin:
-                conn.execute(
-                    _PERIODS.update().where(_PERIODS.c.id == row.id).values(period_end=begin)
-                )
-            else:
-                conn.execute(_PERIODS.delete().where(_PERIODS.c.id == row.id))
+
+
+def _put(conn: sa.Connection, account_id: int, period: Period, *, source: str) -> None:
+    """Write ``period``, replacing the account's period with the same start."""
+    begin, finish = period
     conn.execute(
         _PERIODS.delete().where(
             _PERIODS.c.account_id == account_id, _PERIODS.c.period_start == begin
@@ -130,7 +142,6 @@ def store_period(
             account_id=account_id, period_start=begin, period_end=finish, source=source
         )
     )
-    return begin, finish
 
 
 def latest_period(conn: sa.Connection, account_id: int) -> Period | None:

@@ -4,16 +4,11 @@ verdict on every pair a run compared, and the corrections and cancels it sent to
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from adapter.store.models import BigId, UtcDateTime, utcnow
-
-
-def _when(**kw: Any) -> Any:
-    return Field(sa_type=UtcDateTime(), **kw)
+from adapter.store.models import BigId, utcnow, when_field
 
 
 class ReconcileRun(SQLModel, table=True):
@@ -31,15 +26,15 @@ class ReconcileRun(SQLModel, table=True):
     account: str | None = Field(default=None, max_length=255)
     repair: bool = False
     #: The instant periods were chosen at; a resumed run keeps it.
-    as_of: datetime = _when()
+    as_of: datetime = when_field()
     #: ``account_id:meter_id:period_start`` of the last finished pair.
     cursor: str | None = Field(default=None, max_length=255)
     pairs: int = 0
     drifting: int = 0
     counts: dict[str, int] = Field(default_factory=dict, sa_type=sa.JSON())
-    started_at: datetime = _when(default_factory=utcnow)
-    updated_at: datetime = _when(default_factory=utcnow)
-    finished_at: datetime | None = _when(default=None, nullable=True)
+    started_at: datetime = when_field(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)
+    finished_at: datetime | None = when_field(default=None, nullable=True)
     error: str | None = None
 
 
@@ -53,8 +48,8 @@ class ReconcilePair(SQLModel, table=True):
     run_id: int = Field(sa_type=BigId, index=True)
     account_id: int
     meter_id: int
-    period_start: datetime = _when()
-    period_end: datetime = _when()
+    period_start: datetime = when_field()
+    period_end: datetime = when_field()
     expected: int = Field(default=0, sa_type=sa.BigInteger())
     stripe: float | None = Field(default=None, sa_type=sa.Float())
     verdict: str = Field(max_length=16)
@@ -83,15 +78,15 @@ class ReconcileCorrection(SQLModel, table=True):
     run_id: int = Field(sa_type=BigId)
     account_id: int
     meter_id: int
-    period_start: datetime = _when()
-    period_end: datetime = _when()
+    period_start: datetime = when_field()
+    period_end: datetime = when_field()
     kind: str = Field(max_length=8)
     sequence: int = 0
     identifier: str = Field(max_length=100, unique=True)
     value: int = Field(default=0, sa_type=sa.BigInteger())
-    timestamp: datetime = _when()
+    timestamp: datetime = when_field()
     status: str = Field(default="sending", max_length=16)
     error: str | None = None
     stripe_request_id: str | None = Field(default=None, max_length=255)
-    created_at: datetime = _when(default_factory=utcnow)
-    sent_at: datetime | None = _when(default=None, nullable=True)
+    created_at: datetime = when_field(default_factory=utcnow)
+    sent_at: datetime | None = when_field(default=None, nullable=True)

@@ -52,7 +52,7 @@ class ScheduleChange:
     detail: dict[str, Any]
 
 
-def _state(row: Any, now: datetime) -> ScheduleState:
+def _state(row: sa.Row[Any], now: datetime) -> ScheduleState:
     tick = None if row.paused else schedules.parse(row.expression).next_tick(now)
     return ScheduleState(row.expression, bool(row.paused), row.updated_by, row.updated_at, tick)
 
@@ -107,7 +107,7 @@ class ScheduleStore:
         initial = {"expression": self._initial, "paused": False, "updated_by": "settings"}
         conn.execute(_SCHEDULE.insert().values(id=1, updated_at=utcnow(), **initial))
 
-    def _row(self, conn: sa.Connection, *, lock: bool = False) -> Any:
+    def _row(self, conn: sa.Connection, *, lock: bool = False) -> sa.Row[Any]:
         """The schedule row, stored from settings first if it is missing."""
         query = sa.select(_SCHEDULE).where(_SCHEDULE.c.id == 1)
         # Writers lock the row so that concurrent changes see each other's "old" value
@@ -131,7 +131,7 @@ class ScheduleStore:
         nothing; the expression already stored changes nothing and writes no audit row."""
         new = schedules.parse(expression).expression
 
-        def decide(row: Any) -> _Change | None:
+        def decide(row: sa.Row[Any]) -> _Change | None:
             if _normal(row.expression) == new:
                 return None
             return {"expression": new}, "schedule.set", {"old": row.expression, "new": new}
@@ -147,7 +147,7 @@ class ScheduleStore:
         return self._flip(paused=False, actor=actor)
 
     def _flip(self, *, paused: bool, actor: str) -> ScheduleState:
-        def decide(row: Any) -> _Change | None:
+        def decide(row: sa.Row[Any]) -> _Change | None:
             if bool(row.paused) == paused:
                 return None
             old, new = ("running", "paused") if paused else ("paused", "running")
@@ -157,7 +157,7 @@ class ScheduleStore:
 
         return self._change(actor, decide)
 
-    def _change(self, actor: str, decide: Callable[[Any], _Change | None]) -> ScheduleState:
+    def _change(self, actor: str, decide: Callable[[sa.Row[Any]], _Change | None]) -> ScheduleState:
         """Lock the row; ``decide`` gives the new values, the audit action and its detail
         (or None: nothing to change); write both in one transaction."""
         with self._engine.begin() as conn:
