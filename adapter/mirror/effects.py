@@ -20,9 +20,9 @@ and no push decides a report of the meter while its period is being settled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -138,7 +138,7 @@ def _settle_meter(
     mine = (_REPORTS.c.account_id == key.account_id, _REPORTS.c.meter_id == key.meter_id)
     before = []
     for row in recut.lock(conn, *mine, _old_side(start, old)):
-        report = SimpleNamespace(**row._mapping)
+        report = SimpleNamespace(**row._asdict())
         if report.identifier is None and report.status in recut.UNDECIDED_STATUSES:
             cut = recut.cut_at_boundaries(conn, report, periods)
             if cut.emptied:
@@ -196,7 +196,7 @@ def _close(ctx: Apply, account_id: int, closable: list[int], *, before: datetime
     return _queue(ctx, waiting)
 
 
-def _queue(ctx: Apply, report_ids: Any) -> list[int]:
+def _queue(ctx: Apply, report_ids: Iterable[int]) -> list[int]:
     """Append ids to ``ctx.to_push`` once each; return them."""
     ids = [int(i) for i in report_ids]
     ctx.to_push.extend(i for i in ids if i not in ctx.to_push)

@@ -14,6 +14,7 @@ already flushed for it (``flushed_at``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -79,7 +80,7 @@ def _line(invoice_id: str, line: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rank(row: Any) -> tuple[Any, ...]:
+def rank(row: Mapping[str, Any]) -> tuple[bool, int]:
     """Lifecycle order for same-second ties: deleted, then further along draft → paid."""
     return (bool(row.get("deleted")), STATUS_ORDER.get(row.get("status") or "", -1))
 
@@ -97,12 +98,12 @@ def apply(ctx: Apply, obj: dict[str, Any], *, kind: str) -> str:
     admitted, saved = applied.obj, applied.saved
     if not shapes.is_stub(admitted) and isinstance(admitted.get("lines"), dict):
         _replace_lines(ctx, admitted)
-    if drafted(saved._mapping):
+    if drafted(saved._asdict()):
         subscriptions.effects().invoice_drafted(ctx, invoice_id=saved.id)
     return "processed"
 
 
-def drafted(row: Any) -> bool:
+def drafted(row: Mapping[str, Any]) -> bool:
     """Is this stored invoice a live subscription-cycle draft not flushed for yet?"""
     return (
         not row["deleted"]

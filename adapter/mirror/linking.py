@@ -33,7 +33,7 @@ __all__ = [
 _INVOICES, _LINKS, _REPORTS = table(Invoice), table(InvoiceReport), table(UsageReport)
 
 
-def load_invoice(conn: sa.Connection, invoice_id: str) -> Any:
+def load_invoice(conn: sa.Connection, invoice_id: str) -> sa.Row[Any] | None:
     """The mirrored invoice row, or ``None``."""
     return conn.execute(sa.select(_INVOICES).where(_INVOICES.c.id == invoice_id)).first()
 
@@ -43,7 +43,7 @@ def mark_flushed(conn: sa.Connection, invoice_id: str, *, now: datetime) -> None
     conn.execute(_INVOICES.update().where(_INVOICES.c.id == invoice_id).values(flushed_at=now))
 
 
-def usage_periods(conn: sa.Connection, invoice: Any) -> list[Period]:
+def usage_periods(conn: sa.Connection, invoice: sa.Row[Any]) -> list[Period]:
     """The service periods the invoice bills usage for: its metered lines' periods, or,
     when no line names a meter, the invoice's own period."""
     periods = {

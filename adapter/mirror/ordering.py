@@ -97,7 +97,7 @@ def apply_object(
     event is newer than the stored one or the object is new."""
     try:
         row: dict[str, Any] | None = resource.row(obj, kind=kind)
-    except Exception:  # unreadable: the rules below may skip it; if not, row() raises again
+    except Exception:  # noqa: BLE001  unreadable: the rules below may skip it; else row() raises
         row = None
     if row is not None:
         rule = "older" if ctx.event_id is None else "older_other"
@@ -132,7 +132,7 @@ def admit(
     if ctx.refetch is not None:
         fresh = ctx.refetch(resource.object_type, obj_id)
         return fresh if fresh is not None else stub(resource.object_type, obj_id)
-    behind = resource.rank(resource.row(obj, kind=kind)) < resource.rank(stored._mapping)
+    behind = resource.rank(resource.row(obj, kind=kind)) < resource.rank(stored._asdict())
     return None if behind else obj
 
 
@@ -175,11 +175,11 @@ def _upsert(
 
 #: Statements built once per (table, dialect, updated columns, rule): building one costs
 #: more than running it.
-_STATEMENTS: dict[tuple[str, str, tuple[str, ...], str], Any] = {}
-_LOCKED_READS: dict[str, Any] = {}
+_STATEMENTS: dict[tuple[str, str, tuple[str, ...], str], sa.Executable] = {}
+_LOCKED_READS: dict[str, sa.Select[Any]] = {}
 
 
-def _statement(table: sa.Table, dialect: str, columns: tuple[str, ...], rule: str) -> Any:
+def _statement(table: sa.Table, dialect: str, columns: tuple[str, ...], rule: str) -> sa.Executable:
     """An upsert by id that overwrites ``columns`` where ``rule`` says (see :func:`_upsert`;
     ``always`` for child rows), returning the stored row; values are given at execution."""
     key = (table.name, dialect, columns, rule)
@@ -197,7 +197,9 @@ def _statement(table: sa.Table, dialect: str, columns: tuple[str, ...], rule: st
     return built
 
 
-def _overwrites(table: sa.Table, excluded: Any, rule: str) -> sa.ColumnElement[bool]:
+def _overwrites(
+    table: sa.Table, excluded: sa.ColumnCollection[str, Any], rule: str
+) -> sa.ColumnElement[bool]:
     """When the upsert may overwrite the stored row (see :func:`_upsert`)."""
     stored, new = table.c.last_event_at, excluded.last_event_at
     if rule == "not_newer":
@@ -210,7 +212,7 @@ def _overwrites(table: sa.Table, excluded: Any, rule: str) -> sa.ColumnElement[b
     raise ValueError(f"unknown upsert rule {rule!r}")
 
 
-def _locked_read(table: sa.Table) -> Any:
+def _locked_read(table: sa.Table) -> sa.Select[Any]:
     """``SELECT … FOR UPDATE`` of one row of ``table`` by ``:object_id``."""
     found = _LOCKED_READS.get(table.name)
     if found is None:

@@ -162,7 +162,7 @@ def _unknown(delivery_id: int) -> UnknownDelivery:
     )
 
 
-def _object(payload: Any) -> dict[str, Any]:
+def _object(payload: object) -> dict[str, Any]:
     """The event's ``data.object``, or :class:`MirrorError`."""
     obj = payload.get("data", {}).get("object") if isinstance(payload, dict) else None
     if not isinstance(obj, dict):

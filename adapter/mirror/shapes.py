@@ -36,7 +36,7 @@ def ref(value: object) -> str | None:
     return None
 
 
-def dig(obj: object, *path: str) -> Any:
+def dig(obj: object, *path: str) -> Any:  # noqa: ANN401  Stripe JSON: callers check the type
     """``obj[path[0]][path[1]]…``, or ``None`` as soon as a step is missing or not a dict."""
     for key in path:
         if not isinstance(obj, Mapping):

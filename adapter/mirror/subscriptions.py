@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -102,7 +103,7 @@ def _period_of(obj: dict[str, Any]) -> Period | None:
     return (start, end) if start is not None and end is not None and end > start else None
 
 
-def rank(row: Any) -> tuple[Any, ...]:
+def rank(row: Mapping[str, Any]) -> tuple[Any, ...]:
     """Lifecycle order for same-second ties: deleted, then ended, then later periods."""
     return (
         bool(row.get("deleted")),

@@ -137,7 +137,7 @@ class SyncStopped(MetersyncError):
         self.summary = summary
 
 
-def sync(
+def sync(  # noqa: PLR0913  the library and its gateway, then keyword-only options
     ms: Metersync,
     gateway: Gateway,
     *,
@@ -168,7 +168,7 @@ def sync(
     return summary
 
 
-def _pass(
+def _pass(  # noqa: PLR0913  one resource's pass: its state and keyword-only options
     ms: Metersync,
     gateway: Gateway,
     result: ResourceSummary,
@@ -227,7 +227,7 @@ def _page(gateway: Gateway, resource: str, cursor: str | None, *, resumed: bool)
         return None
 
 
-def sync_events(
+def sync_events(  # noqa: PLR0913  the library and its gateway, then keyword-only options
     ms: Metersync,
     gateway: Gateway,
     *,
@@ -358,6 +358,6 @@ def _push(ms: Metersync, report_ids: list[int]) -> dict[str, int]:
 
 def _mirror() -> Mirror:
     """The webhook mirror, imported on first use: it loads every resource handler."""
-    from adapter.mirror import process
+    from adapter.mirror import process  # noqa: PLC0415  loads every resource handler
 
     return process

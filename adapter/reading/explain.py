@@ -116,7 +116,7 @@ class Explanation:
         return data
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:  # noqa: ANN401  a JSON tree in, the same tree out
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -266,7 +266,7 @@ def _linked_reports(conn: sa.Connection, invoice_id: str) -> dict[str, list[Link
 
 
 def _explain_line(
-    conn: sa.Connection, line: MeteredLine, reports: list[LinkedReport], invoice: Any
+    conn: sa.Connection, line: MeteredLine, reports: list[LinkedReport], invoice: sa.Row[Any]
 ) -> LineExplanation:
     meters = conn.execute(
         sa.select(_METERS.c.name, _METERS.c.aggregation)

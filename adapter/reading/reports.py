@@ -72,7 +72,7 @@ def list_reports(engine: sa.Engine, *, status: str | None, limit: int) -> list[R
         return [_info(row) for row in conn.execute(query)]
 
 
-def _info(row: Any) -> ReportInfo:
+def _info(row: sa.Row[*tuple[Any, ...]]) -> ReportInfo:
     aggregate = Aggregate.of(row)
     return ReportInfo(
         id=row.id,

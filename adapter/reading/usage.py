@@ -128,7 +128,7 @@ def sent_value(aggregation: Aggregation, sent: list[_Sent]) -> Decimal:
     return newest.value
 
 
-def _value_sent(aggregation: Aggregation, row: Any) -> Decimal:
+def _value_sent(aggregation: Aggregation, row: sa.Row[Any]) -> Decimal:
     if row.sent_value is not None:
         return Decimal(row.sent_value)
     agg = Aggregate.of(row)
@@ -232,14 +232,14 @@ def _reports(
     return list(conn.execute(query).all())
 
 
-def _read_postgres(
+def _read_postgres(  # noqa: PLR0913  one query's parameters, each named
     conn: sa.Connection,
     parts: dict[int, _Parts],
     meters: dict[int, MeterInfo],
     account_id: int,
     start: datetime,
     end: datetime,
-) -> list[Any]:
+) -> list[sa.Row[Any]]:
     """Add the server's per-meter aggregate of covered reports to ``parts``; return the
     straddling reports (see :mod:`adapter.reading.postgres`)."""
     ids = {

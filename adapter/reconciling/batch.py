@@ -38,7 +38,7 @@ class Batch:
     verdicts and repairs, stored with the cursor in one transaction. A pair that was
     repaired is stored at once, so a rerun never repeats a repair it does not know of."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  the library, its gateway, then the run's settings
         self,
         ms: Metersync,
         gateway: Gateway,

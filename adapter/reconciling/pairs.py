@@ -75,7 +75,7 @@ def pairs_to_compare(
 
 
 def _keys(
-    acct: Any,
+    acct: sa.Row[Any],
     period: Period,
     meter_ids: list[int],
     meters: dict[int, Any],

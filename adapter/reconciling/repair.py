@@ -10,6 +10,7 @@ A :class:`PermanentError` marks the row ``failed`` and the repair reports why; a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 _FIXES, _INSTALLATION = table(ReconcileCorrection), table(Installation)
 
 
-def repair_pair(
+def repair_pair(  # noqa: PLR0913  the library, its gateway, then one pair's plan
     ms: Metersync,
     gateway: Gateway,
     run_id: int,
@@ -70,14 +71,14 @@ def repair_pair(
     return "; ".join(_cancel(ms, gateway, run_id, key, c) for c in plan.cancel)
 
 
-def _send(
+def _send(  # noqa: PLR0913  one stored correction's fields
     ms: Metersync,
     gateway: Gateway,
     key: store.PairKey,
     fix_id: int,
     identifier: str,
     value: int,
-    timestamp: Any,
+    timestamp: datetime,
 ) -> str:
     """Send one stored correction; mark it ``sent`` or ``failed``."""
     assert key.customer is not None

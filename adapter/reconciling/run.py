@@ -157,7 +157,7 @@ def check_period(period: str) -> str:
     )
 
 
-def reconcile(
+def reconcile(  # noqa: PLR0913  the library and its gateway, then keyword-only options
     ms: Metersync,
     gateway: Gateway,
     *,

@@ -229,7 +229,7 @@ def next_sequence(conn: sa.Connection, key: PairKey) -> int:
     return 1 if found is None else int(found) + 1
 
 
-def add_fix(engine: sa.Engine, run_id: int, key: PairKey, **values: Any) -> int:
+def add_fix(engine: sa.Engine, run_id: int, key: PairKey, **values: object) -> int:
     """Store a correction or cancel as ``sending``, before its Stripe call."""
     with engine.begin() as conn:
         return int(
@@ -250,13 +250,13 @@ def add_fix(engine: sa.Engine, run_id: int, key: PairKey, **values: Any) -> int:
         )
 
 
-def mark_fix(engine: sa.Engine, fix_id: int, *, status: str, **values: Any) -> None:
+def mark_fix(engine: sa.Engine, fix_id: int, *, status: str, **values: object) -> None:
     """Record how a correction's Stripe call ended."""
     with engine.begin() as conn:
         conn.execute(_FIXES.update().where(_FIXES.c.id == fix_id).values(status=status, **values))
 
 
-def open_run(
+def open_run(  # noqa: PLR0913  keyword-only: the request a run is resumed by
     engine: sa.Engine,
     *,
     period: str,
@@ -335,7 +335,12 @@ def stop_run(engine: sa.Engine, run_id: int, error: str) -> None:
 
 
 def finish_run(
-    engine: sa.Engine, run: Any, *, counts: dict[str, int], drifting: int, detail: dict[str, Any]
+    engine: sa.Engine,
+    run: sa.Row[Any],
+    *,
+    counts: dict[str, int],
+    drifting: int,
+    detail: dict[str, Any],
 ) -> None:
     """Mark the run finished with its counts, and write its audit-log entry."""
     now = utcnow()
@@ -378,11 +383,3 @@ def run_pairs(conn: sa.Connection, run_id: int) -> list[Any]:
         .order_by(_PAIRS.c.account_id, _PAIRS.c.meter_id, _PAIRS.c.period_start)
     )
     return list(conn.execute(query).all())
-
-
-def latest_finished(conn: sa.Connection) -> Any | None:
-    """The newest finished run (for the drift gauge)."""
-    query = (
-        sa.select(_RUNS).where(_RUNS.c.status == "finished").order_by(_RUNS.c.id.desc()).limit(1)
-    )
-    return conn.execute(query).first()

@@ -112,7 +112,7 @@ def _sqlite_values(ordered: list[tuple[tuple[int, int, datetime], Window]]) -> l
     ]
 
 
-def _sqlite_upsert_statement() -> Any:
+def _sqlite_upsert_statement() -> sa.Executable:
     """One statement for any number of reports (executemany), so SQLAlchemy compiles it
     once; a VALUES list sized to the batch would be compiled again on every call."""
     insert = sqlite.insert(_REPORTS)

@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
+from adapter.domain.windows import Window
+
 #: SQLSTATE of division_by_zero: the statement's own "lost a race on the key" signal.
 RACE_SQLSTATE = "22012"
 
@@ -81,11 +83,13 @@ ORIGINAL_SQL = sa.text(
 )
 
 
-def run(driver_conn: Any, values: dict[str, Any]) -> Any:
+def run(driver_conn: psycopg.Connection[Any], values: dict[str, Any]) -> dict[str, Any]:
     """Execute the increment on a raw psycopg connection in autocommit; one round trip."""
     cur = driver_conn.execute(INCREMENT_PSYCOPG, values)
-    names = [c.name for c in cur.description]
     row = cur.fetchone()
+    assert row is not None, "the increment returns one row"
+    assert cur.description is not None, "the increment returns columns"
+    names = [c.name for c in cur.description]
     result = dict(zip(names, row, strict=True))
     if result["dup_occurred_at"] is not None:
         result["dup_occurred_at"] = result["dup_occurred_at"].astimezone(UTC)
@@ -111,12 +115,12 @@ def fetch_all(conn: sa.Connection, sql: str, values: dict[str, Any]) -> list[tup
 def original(conn: sa.Connection, account_id: int, key: str | None) -> dict[str, Any]:
     """The event that first used ``key`` (it exists: the caller just lost a race to it)."""
     row = conn.execute(ORIGINAL_SQL, {"account_id": account_id, "key": key}).one()
-    result = dict(row._mapping)
+    result = row._asdict()
     result["dup_occurred_at"] = result["dup_occurred_at"].astimezone(UTC)
     return result
 
 
-def params(
+def params(  # noqa: PLR0913  keyword-only: the statement's bound values, each named
     *,
     account_id: int,
     meter_id: int,
@@ -124,7 +128,7 @@ def params(
     occurred_at: datetime,
     key: str | None,
     dimensions: str | None,
-    window: Any,
+    window: Window,
     now: datetime,
 ) -> dict[str, Any]:
     """The bound values of :data:`INCREMENT_SQL`."""

@@ -34,7 +34,7 @@ _RETRIES = 5
 class Recorder:
     """Validates usage, assigns it to report windows and writes it."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  the stores it writes through, passed in by the client
         self,
         engine: sa.Engine,
         accounts: Accounts,
@@ -143,6 +143,7 @@ class Recorder:
     @staticmethod
     def _write_one(conn: sa.Connection, item: Item, *, now: datetime) -> None:
         """PostgreSQL: record one event in one atomic statement (see :mod:`fastpath`)."""
+        assert item.window is not None, "windows are assigned before writing"
         values = fastpath.params(
             account_id=item.account_id,
             meter_id=item.meter_id,
@@ -153,8 +154,10 @@ class Recorder:
             now=now,
             dimensions=None if item.dimensions is None else json.dumps(item.dimensions),
         )
+        driver = conn.connection.driver_connection
+        assert driver is not None, "connection is closed"
         try:
-            row = fastpath.run(conn.connection.driver_connection, values)
+            row = fastpath.run(driver, values)
         except psycopg.errors.DivisionByZero:
             row = None  # a concurrent call took the key first; nothing was written
         except psycopg.OperationalError as exc:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -89,6 +89,21 @@ def known_periods(conn: sa.Connection, account_id: int) -> list[Period]:
     return [(r.period_start, r.period_end) for r in rows]
 
 
+class Window(Protocol):
+    """What a re-cut reads of a report: which (account, meter) and its window."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def account_id(self) -> int: ...
+    @property
+    def meter_id(self) -> int: ...
+    @property
+    def window_start(self) -> datetime: ...
+    @property
+    def window_end(self) -> datetime: ...
+
+
 def lock(conn: sa.Connection, *conditions: sa.ColumnElement[bool]) -> list[Any]:
     """Reports matching ``conditions``, locked (PostgreSQL) in the recorder's key order
     (account, meter, window start), so a concurrent batch cannot deadlock with us."""
@@ -102,13 +117,13 @@ def lock(conn: sa.Connection, *conditions: sa.ColumnElement[bool]) -> list[Any]:
     return list(conn.execute(query).all())
 
 
-def boundaries_inside(report: Any, periods: Sequence[Period]) -> list[datetime]:
+def boundaries_inside(report: Window, periods: Sequence[Period]) -> list[datetime]:
     """Known period boundaries strictly inside the report's window, latest first."""
     found = {b for p in periods for b in p if report.window_start < b < report.window_end}
     return sorted(found, reverse=True)
 
 
-def cut_at_boundaries(conn: sa.Connection, report: Any, periods: Sequence[Period]) -> Cut:
+def cut_at_boundaries(conn: sa.Connection, report: Window, periods: Sequence[Period]) -> Cut:
     """Cut ``report`` (locked by the caller, undecided) at every known boundary inside its
     window: the events of each later segment move to the open report starting at that
     boundary, and every report involved gets its aggregate recomputed."""
@@ -131,7 +146,7 @@ def cut_at_boundaries(conn: sa.Connection, report: Any, periods: Sequence[Period
 
 
 def _move_after(
-    conn: sa.Connection, report: Any, *, at: datetime, end: datetime, period: Period | None
+    conn: sa.Connection, report: Window, *, at: datetime, end: datetime, period: Period | None
 ) -> int | None:
     """Move the report's events at or after ``at`` to the open report ``[at, end)``;
     ``None`` when it has none there (no report is made for nothing)."""
@@ -143,7 +158,7 @@ def _move_after(
     return target
 
 
-def open_report(
+def open_report(  # noqa: PLR0913  the (account, meter), then its window by keyword
     conn: sa.Connection,
     account_id: int,
     meter_id: int,
