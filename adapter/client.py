@@ -13,7 +13,8 @@ from adapter.domain import validation
 from adapter.errors import ConfigurationError, InvalidPeriod, InvalidUsage, MetersyncError
 from adapter.gateway import Gateway
 from adapter.gateway.stream import STREAM_CHUNK
-from adapter.pushing.pusher import Pusher, PushResult, close_reports, pushable_ids
+from adapter.pushing.outbox import close_reports, pushable_ids
+from adapter.pushing.pusher import Pusher, PushResult
 from adapter.pushing.stream import StreamPusher
 from adapter.reading.reports import ReportInfo, list_reports
 from adapter.reading.usage import Usage, read_usage

@@ -27,7 +27,7 @@ import structlog
 
 from adapter.client import Metersync
 from adapter.domain import schedule as schedules
-from adapter.pushing.pusher import claim_for_push, close_reports
+from adapter.pushing.outbox import claim_for_push, close_reports
 from adapter.store import unlinked
 from adapter.store.models import utcnow
 from workers.actors import Actors, stale_deliveries

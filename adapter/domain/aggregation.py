@@ -8,7 +8,7 @@ makes combining reports for a query exact whatever the rule.
 from __future__ import annotations
 
 import decimal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -94,23 +94,9 @@ class Aggregate:
         return Aggregate(total, self.events + len(events), peak, last, last_at)
 
     def merge(self, later: Aggregate) -> Aggregate:
-        """Combine with ``later``, whose events were recorded after this one's."""
-        if later.events == 0:
-            return self
-        if self.events == 0:
-            return later
-        assert self.last_at is not None  # events > 0
-        assert later.last_at is not None
-        newer = later.last_at >= self.last_at
-        maxima = [v for v in (self.max_value, later.max_value) if v is not None]
-        return replace(
-            self,
-            total=EXACT.add(self.total, later.total),
-            events=self.events + later.events,
-            max_value=max(maxima),
-            last_value=later.last_value if newer else self.last_value,
-            last_at=later.last_at if newer else self.last_at,
-        )
+        """Combine with ``later``, whose events were recorded after this one's (the rule
+        is :func:`combine`'s)."""
+        return combine([self, later])
 
     def value(self, aggregation: str) -> Decimal:
         """The aggregate by the meter's rule (an :class:`Aggregation` or its text); zero

@@ -21,7 +21,7 @@ report ``sending`` with the error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +29,6 @@ import structlog
 
 from adapter.domain import push_decision, reporting
 from adapter.domain.statuses import HELD, MOVED_STATUS, PUSHABLE, ReportStatus
-from adapter.domain.windows import period_containing
 from adapter.gateway import Gateway, PermanentError, TransientError
 from adapter.pushing import rows
 from adapter.pushing.rows import REPORTS as _REPORTS
@@ -42,7 +41,7 @@ _INSTALLATION = table(Installation)
 #: Said of a report whose events all moved to reports of a billing period learned late.
 MOVED = "its events belong to a later billing period and moved to that period's reports"
 log = structlog.get_logger("metersync.push")
-__all__ = ["HELD", "PUSHABLE", "PushResult", "Pusher", "close_reports", "pushable_ids"]
+__all__ = ["HELD", "PUSHABLE", "PushResult", "Pusher"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,62 +58,6 @@ class PushResult:
     identifier: str | None = None
     duplicate: bool = False
     error: str | None = None
-
-
-def close_reports(engine: sa.Engine, *, now: datetime, due_only: bool = True) -> int:
-    """Close open reports (only those whose window has ended, when ``due_only``). An
-    increment racing this waits on the report's row lock and, once the close commits,
-    opens a new report: it is counted in exactly one of them."""
-    stmt = _REPORTS.update().where(_REPORTS.c.status == ReportStatus.OPEN)
-    if due_only:
-        stmt = stmt.where(_REPORTS.c.window_end <= now)
-    with engine.begin() as conn:
-        return conn.execute(stmt.values(status=ReportStatus.CLOSED, closed_at=now)).rowcount
-
-
-def pushable_ids(engine: sa.Engine) -> list[int]:
-    """Closed and in-flight reports, oldest window first. Each (account, meter) still
-    comes in window order, while neighbours in the list belong to different pairs, so
-    workers do not queue on one pair's lock. (Pushes run concurrently, so this is a
-    preference, not a guarantee; a decision accounts for every earlier decision of its
-    period, so the values sent add up whatever the order.)"""
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.select(_REPORTS.c.id)
-                .where(_REPORTS.c.status.in_(PUSHABLE))
-                .order_by(
-                    _REPORTS.c.window_start,
-                    _REPORTS.c.account_id,
-                    _REPORTS.c.meter_id,
-                    _REPORTS.c.id,
-                )
-            ).scalars()
-        )
-
-
-def claim_for_push(engine: sa.Engine, *, now: datetime, grace: timedelta) -> list[int]:
-    """The outbox sweep: closed and in-flight reports not handed to a worker within
-    ``grace``, oldest window first; each is stamped as handed over now. A report whose
-    message was lost is therefore sent again after ``grace``, while one still queued or
-    being retried is not enqueued a second time on every tick."""
-    quiet = sa.or_(_REPORTS.c.attempted_at.is_(None), _REPORTS.c.attempted_at < now - grace)
-    with engine.begin() as conn:
-        rows = list(
-            conn.execute(
-                _REPORTS.update()
-                .where(_REPORTS.c.status.in_(PUSHABLE), quiet)
-                .values(attempted_at=now)
-                .returning(
-                    _REPORTS.c.id,
-                    _REPORTS.c.window_start,
-                    _REPORTS.c.account_id,
-                    _REPORTS.c.meter_id,
-                )
-            )
-        )
-    rows.sort(key=lambda r: (r.window_start, r.account_id, r.meter_id, r.id))
-    return [row.id for row in rows]
 
 
 class Pusher:
@@ -156,10 +99,18 @@ class Pusher:
         # period stored after that is the mirror's to apply, under the row and pair locks
         # this transaction holds, as for one stored just after any check made here.
         if row.identifier is None and row.period_start is None and row.has_periods:
-            settled = _settle_period(conn, row)
-            if settled is None:
+            cut = recut.settle(conn, row)  # under load's (account, meter) lock
+            if cut is not None and cut.emptied:
+                log.info("report.moved", report_id=row.id, to=list(cut.targets))
                 return result(row, MOVED_STATUS, error=MOVED), row
-            row = settled
+            if cut is not None:
+                row = _reload(conn, row.id)
+            if cut is not None and row.period_start is not None:
+                log.info(
+                    "report.period_found",
+                    report_id=row.id,
+                    period_start=row.period_start.isoformat(),
+                )
         if self._gateway is not None and not row.stripe_customer_id:
             if rows.customer_now(conn, row.account_id) is None:
                 why = unlinked(row.account)
@@ -319,37 +270,6 @@ def _reload(conn: sa.Connection, report_id: int) -> Loaded:
     row = rows.load(conn, report_id)
     assert row is not None  # locked: it cannot go away
     return row
-
-
-def _settle_period(conn: sa.Connection, row: Loaded) -> Loaded | None:
-    """A report recorded with no billing period, checked against the periods stored now.
-
-    A process records with a copy of the periods that may predate a renewal the mirror has
-    just stored, so a report of the new period can arrive here without one. Deciding it
-    so would carry its fraction apart from the rest of the period, and a fraction left
-    there is never rounded in: units lost. So, before the decision and under the same
-    (account, meter) lock: events past a stored boundary move to the open report of the
-    period they belong to, and the report joins the period that holds its window. Returns
-    the report as it now stands, or ``None`` when all its events moved (it is deleted).
-    """
-    periods = recut.known_periods(conn, row.account_id)
-    if not periods:
-        return row
-    cut = recut.cut_at_boundaries(conn, row, periods)  # under load's (account, meter) lock
-    if cut.emptied:
-        log.info("report.moved", report_id=row.id, to=list(cut.targets))
-        return None
-    period = period_containing(row.window_start, periods)
-    if period is not None and cut.window_end <= period[1]:
-        conn.execute(
-            _REPORTS.update()
-            .where(_REPORTS.c.id == row.id)
-            .values(period_start=period[0], period_end=period[1])
-        )
-        log.info("report.period_found", report_id=row.id, period_start=period[0].isoformat())
-    elif not cut.targets:
-        return row
-    return _reload(conn, row.id)
 
 
 def _sharing_second(conn: sa.Connection, row: Loaded) -> tuple[int, ...]:

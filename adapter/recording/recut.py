@@ -7,8 +7,9 @@ ends the report at the boundary and moves its later events to the open report of
 (in Python: SQLite stores quantities as text). Only a report with no decision stored
 (no identifier) may be cut: a decided value may already be at Stripe.
 
-The webhook mirror cuts when it learns a boundary (``adapter.mirror.effects``), and the
-push cuts a report recorded before its period was known (``adapter.pushing.pusher``).
+This module is the one home of period settlement: the webhook mirror cuts and assigns
+when it learns a boundary (``adapter.mirror.effects``), and the push settles a report
+recorded before its period was known with :func:`settle` (``adapter.pushing.pusher``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,34 @@ class Window(Protocol):
     def window_start(self) -> datetime: ...
     @property
     def window_end(self) -> datetime: ...
+
+
+def settle(conn: sa.Connection, report: Window) -> Cut | None:
+    """Settle one undecided report recorded with no billing period against the periods
+    stored now (the caller holds its row and (account, meter) locks).
+
+    A process records with a copy of the periods that may predate a renewal the mirror has
+    just stored, so a report of the new period can reach the push without one. Deciding it
+    so would carry its fraction apart from the rest of the period, and a fraction left
+    there is never rounded in: units lost. So events past a stored boundary move to the
+    open report of the period they belong to, and the report joins the period that holds
+    its window. Returns ``None`` when nothing changed, else the cut (``emptied`` when all
+    its events moved and it was deleted)."""
+    periods = known_periods(conn, report.account_id)
+    if not periods:
+        return None
+    cut = cut_at_boundaries(conn, report, periods)
+    if cut.emptied:
+        return cut
+    period = period_containing(report.window_start, periods)
+    if period is not None and cut.window_end <= period[1]:
+        conn.execute(
+            _REPORTS.update()
+            .where(_REPORTS.c.id == report.id)
+            .values(period_start=period[0], period_end=period[1])
+        )
+        return cut
+    return cut if cut.targets else None
 
 
 def lock(conn: sa.Connection, *conditions: sa.ColumnElement[bool]) -> list[Any]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 
 import sqlalchemy as sa
@@ -61,13 +59,6 @@ def _sqlite_transactions(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-@contextmanager
-def transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """One database transaction: committed on success, rolled back on any error."""
-    with engine.begin() as conn:
-        yield conn
 
 
 def _alembic_config(engine: sa.Engine) -> Config:

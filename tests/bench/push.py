@@ -55,7 +55,7 @@ import stripe
 
 import adapter
 from adapter.gateway import Gateway, StreamEvent
-from adapter.pushing.pusher import close_reports, pushable_ids
+from adapter.pushing.outbox import close_reports, pushable_ids
 from config.settings import Settings
 from tests.bench import standin as standins
 from tests.bench.common import Figure, Target, postgres_database, progress, render

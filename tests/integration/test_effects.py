@@ -29,7 +29,7 @@ from adapter.client import Metersync
 from adapter.domain.aggregation import Aggregate
 from adapter.mirror.context import Apply
 from adapter.mirror.effects import link_invoice, period_started
-from adapter.pushing.pusher import close_reports
+from adapter.pushing.outbox import close_reports
 from adapter.store.mirror_models import Invoice, InvoiceReport, Price
 from adapter.store.models import BillingPeriod, UsageEvent, UsageReport, table
 from config.settings import Settings

@@ -18,7 +18,7 @@ import tenacity
 import adapter
 from adapter.client import Metersync
 from adapter.gateway import Gateway
-from adapter.pushing.pusher import close_reports
+from adapter.pushing.outbox import close_reports
 from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests.conftest import _empty

@@ -25,7 +25,8 @@ import sqlalchemy as sa
 
 import adapter
 from adapter.client import Metersync
-from adapter.pushing.pusher import PUSHABLE, close_reports, pushable_ids
+from adapter.pushing.outbox import close_reports, pushable_ids
+from adapter.pushing.pusher import PUSHABLE
 from adapter.store.models import Account, Meter, UsageReport, table
 from config.settings import Settings
 from tests import stripe_standin

@@ -771,3 +771,36 @@ def test_nul_characters_are_invalid_usage(pg_ms: Metersync, field: str) -> None:
     assert [r.index for r in res.rejected] == [0]
     assert res.accepted == 1
     assert _counts(pg_ms) == (1, 1)
+
+
+def test_set_billing_period_failing_after_its_first_write_changes_nothing(
+    ms: Metersync,
+) -> None:
+    """Replacing a period deletes the old row, then inserts the new one; when the insert
+    fails, the delete is rolled back with it: the account keeps its old period."""
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    ms.set_billing_period("acct_1", start, start + timedelta(days=31))
+    statements: list[str] = []
+
+    def fail_the_insert(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.split()[0].upper())
+        if statement.lstrip().upper().startswith("INSERT INTO BILLING_PERIOD"):
+            raise RuntimeError("disk full")
+
+    sa.event.listen(ms.engine, "before_cursor_execute", fail_the_insert)
+    try:
+        with pytest.raises(RuntimeError, match="disk full"):
+            ms.set_billing_period("acct_1", start, start + timedelta(days=30))
+    finally:
+        sa.event.remove(ms.engine, "before_cursor_execute", fail_the_insert)
+    assert "DELETE" in statements  # the first write did happen, inside the transaction
+    with ms.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT period_start, period_end FROM billing_period")).all()
+    assert [(_utc(a), _utc(b)) for a, b in rows] == [(start, start + timedelta(days=31))]
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A timestamp read back from either database, as an aware UTC datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -18,7 +18,7 @@ from dramatiq.rate_limits.backends import StubBackend
 import adapter
 from adapter.client import Metersync
 from adapter.gateway import Gateway
-from adapter.pushing.pusher import claim_for_push, close_reports
+from adapter.pushing.outbox import claim_for_push, close_reports
 from adapter.pushing.stream import StreamPusher
 from adapter.store.models import UsageReport, table
 from config.settings import Settings

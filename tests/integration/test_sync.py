@@ -18,7 +18,7 @@ from adapter.gateway import Gateway
 from adapter.mirror import deliveries
 from adapter.mirror import sync as syncing
 from adapter.mirror.context import Processed, Refetch
-from adapter.pushing.pusher import close_reports
+from adapter.pushing.outbox import close_reports
 from adapter.store.mirror_models import SyncState, WebhookDelivery
 from adapter.store.models import table
 from config.settings import Settings

@@ -15,7 +15,7 @@ from dramatiq.rate_limits import ConcurrentRateLimiter
 from dramatiq.rate_limits.backends import StubBackend
 
 from adapter.client import Metersync
-from adapter.pushing.pusher import close_reports
+from adapter.pushing.outbox import close_reports
 from adapter.store.models import UsageReport, table
 from config.settings import Settings
 from tests.servers import Redis
