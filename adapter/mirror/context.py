@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 if TYPE_CHECKING:
-    from adapter.client import Metersync
+    from adapter.pushing.library import Library
 
 #: Reads an object fresh from Stripe: ``(object type, id)`` → its JSON, ``None`` if gone.
 #: Object types are Stripe's ``object`` names: ``customer``, ``subscription``,
@@ -27,7 +27,7 @@ class Apply:
     or not at all.
     """
 
-    ms: Metersync
+    ms: Library
     conn: sa.Connection
     #: The Stripe event id; ``None`` when the object came from ``metersync sync``.
     event_id: str | None

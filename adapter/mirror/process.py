@@ -29,7 +29,7 @@ from adapter.store.models import table, utcnow
 from config import defaults
 
 if TYPE_CHECKING:
-    from adapter.client import Metersync
+    from adapter.pushing.library import Library
 
 log = structlog.get_logger("metersync.mirror")
 DELIVERIES = table(WebhookDelivery)
@@ -62,7 +62,7 @@ class UnknownDelivery(MirrorError):
 
 
 def process_delivery(
-    ms: Metersync,
+    ms: Library,
     delivery_id: int,
     *,
     refetch: Refetch | None = None,
@@ -86,7 +86,7 @@ def process_delivery(
         ms.periods.forget()
 
 
-def replay(ms: Metersync, delivery_id: int, *, refetch: Refetch | None = None) -> Processed:
+def replay(ms: Library, delivery_id: int, *, refetch: Refetch | None = None) -> Processed:
     """Process a delivery again from scratch (``metersync webhooks replay``). The ordering
     rules still hold: a replay never moves an object back to an older state."""
     with ms.engine.begin() as conn:
@@ -101,7 +101,7 @@ def replay(ms: Metersync, delivery_id: int, *, refetch: Refetch | None = None) -
 
 
 def sync_object(
-    ms: Metersync,
+    ms: Library,
     obj: dict[str, Any],
     *,
     read_at: datetime | None = None,
@@ -130,7 +130,7 @@ def sync_object(
 
 
 def _apply(
-    ms: Metersync, conn: sa.Connection, delivery_id: int, *, refetch: Refetch | None
+    ms: Library, conn: sa.Connection, delivery_id: int, *, refetch: Refetch | None
 ) -> Processed:
     row = conn.execute(_CLAIM, {"delivery_id": delivery_id, "now": utcnow()}).first()
     if row is None:  # unknown, or another worker finished it (maybe while this one waited)
@@ -170,7 +170,7 @@ def _object(payload: object) -> dict[str, Any]:
     return obj
 
 
-def _record_failure(ms: Metersync, delivery_id: int, exc: Exception, *, max_attempts: int) -> None:
+def _record_failure(ms: Library, delivery_id: int, exc: Exception, *, max_attempts: int) -> None:
     """Count the failed attempt and keep its error; ``failed`` once out of attempts."""
     if isinstance(exc, UnknownDelivery):
         return

@@ -33,8 +33,8 @@ from adapter.store.mirror_models import SyncState, WebhookDelivery
 from adapter.store.models import table, utcnow
 
 if TYPE_CHECKING:
-    from adapter.client import Metersync
     from adapter.mirror.context import Processed, Refetch
+    from adapter.pushing.library import Library
 
 log = structlog.get_logger("metersync.sync")
 
@@ -67,7 +67,7 @@ class Mirror(Protocol):
 
     def sync_object(
         self,
-        ms: Metersync,
+        ms: Library,
         obj: dict[str, Any],
         *,
         read_at: datetime | None = None,
@@ -75,7 +75,7 @@ class Mirror(Protocol):
     ) -> Processed: ...
 
     def process_delivery(
-        self, ms: Metersync, delivery_id: int, *, refetch: Refetch | None = None
+        self, ms: Library, delivery_id: int, *, refetch: Refetch | None = None
     ) -> Processed: ...
 
 
@@ -138,7 +138,7 @@ class SyncStopped(MetersyncError):
 
 
 def sync(  # noqa: PLR0913  the library and its gateway, then keyword-only options
-    ms: Metersync,
+    ms: Library,
     gateway: Gateway,
     *,
     resources: Iterable[str] = RESOURCES,
@@ -169,7 +169,7 @@ def sync(  # noqa: PLR0913  the library and its gateway, then keyword-only optio
 
 
 def _pass(  # noqa: PLR0913  one resource's pass: its state and keyword-only options
-    ms: Metersync,
+    ms: Library,
     gateway: Gateway,
     result: ResourceSummary,
     summary: SyncSummary,
@@ -228,7 +228,7 @@ def _page(gateway: Gateway, resource: str, cursor: str | None, *, resumed: bool)
 
 
 def sync_events(  # noqa: PLR0913  the library and its gateway, then keyword-only options
-    ms: Metersync,
+    ms: Library,
     gateway: Gateway,
     *,
     progress: Progress | None = None,
@@ -267,7 +267,7 @@ def sync_events(  # noqa: PLR0913  the library and its gateway, then keyword-onl
 
 
 def _store_events(
-    ms: Metersync,
+    ms: Library,
     gateway: Gateway,
     result: ResourceSummary,
     *,
@@ -347,7 +347,7 @@ def _save(engine: sa.Engine, resource: str, *, cursor: str | None, done: bool, c
         conn.execute(stmt)
 
 
-def _push(ms: Metersync, report_ids: list[int]) -> dict[str, int]:
+def _push(ms: Library, report_ids: list[int]) -> dict[str, int]:
     """Push the reports the mirror closed, when a Stripe key is configured; otherwise the
     worker (or ``metersync report now``) pushes them."""
     if not report_ids or ms.gateway() is None:

@@ -20,8 +20,8 @@ from adapter.domain.reporting import stripe_formula
 from adapter.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from adapter.client import Metersync
     from adapter.gateway import StripeMeter
+    from adapter.pushing.library import Library
     from adapter.store.catalog import MeterInfo
 
 #: The payload key that carries the Stripe customer id in every event metersync sends.
@@ -90,7 +90,7 @@ def check_meters(local: list[MeterInfo], remote: list[StripeMeter]) -> list[Mete
     return problems
 
 
-def check(ms: Metersync, *, gateway: MeterLister | None = None) -> CheckResult:
+def check(ms: Library, *, gateway: MeterLister | None = None) -> CheckResult:
     """Check every local meter of ``ms`` against the meters on the Stripe account.
 
     Lists Stripe's meters through ``gateway``, or one built from ``ms.settings``. Raises

@@ -15,8 +15,8 @@ from adapter.reconciling import store
 from adapter.reconciling.repair import repair_pair
 
 if TYPE_CHECKING:
-    from adapter.client import Metersync
     from adapter.gateway import Gateway
+    from adapter.pushing.library import Library
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Batch:
 
     def __init__(  # noqa: PLR0913  the library, its gateway, then the run's settings
         self,
-        ms: Metersync,
+        ms: Library,
         gateway: Gateway,
         run_id: int,
         meter_ids: MeterIds,

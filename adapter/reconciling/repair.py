@@ -22,14 +22,14 @@ from adapter.store.models import Installation, table, utcnow
 from adapter.store.reconcile_models import ReconcileCorrection
 
 if TYPE_CHECKING:
-    from adapter.client import Metersync
     from adapter.gateway import Gateway
+    from adapter.pushing.library import Library
 
 _FIXES, _INSTALLATION = table(ReconcileCorrection), table(Installation)
 
 
 def repair_pair(  # noqa: PLR0913  the library, its gateway, then one pair's plan
-    ms: Metersync,
+    ms: Library,
     gateway: Gateway,
     run_id: int,
     key: store.PairKey,
@@ -72,7 +72,7 @@ def repair_pair(  # noqa: PLR0913  the library, its gateway, then one pair's pla
 
 
 def _send(  # noqa: PLR0913  one stored correction's fields
-    ms: Metersync,
+    ms: Library,
     gateway: Gateway,
     key: store.PairKey,
     fix_id: int,
@@ -100,7 +100,7 @@ def _send(  # noqa: PLR0913  one stored correction's fields
 
 
 def _cancel(
-    ms: Metersync, gateway: Gateway, run_id: int, key: store.PairKey, target: drift.Candidate
+    ms: Library, gateway: Gateway, run_id: int, key: store.PairKey, target: drift.Candidate
 ) -> str:
     """Cancel one uncounted event: a failed correction of ours is marked ``cancelled``;
     a report's identifier gets a ``cancel`` row so later runs stop offering it."""

@@ -49,8 +49,8 @@ from adapter.reconciling.pairs import pairs_to_compare
 from adapter.store.models import utcnow
 
 if TYPE_CHECKING:
-    from adapter.client import Metersync
     from adapter.gateway import Gateway
+    from adapter.pushing.library import Library
 
 log = structlog.get_logger("metersync.reconcile")
 #: An unfinished run of the same request younger than this is resumed, not restarted.
@@ -135,7 +135,7 @@ class ReconcileStopped(MetersyncError):
         self.summary = summary
 
 
-def reconcile_pace(ms: Metersync) -> Pace:
+def reconcile_pace(ms: Library) -> Pace:
     """``METERSYNC_RECONCILE_READ_RATE`` calls/s, else :func:`read_pace` (80 % of Stripe's
     read limit, leaving room for workers and ``sync``)."""
     rate = ms.settings.reconcile_read_rate
@@ -158,7 +158,7 @@ def check_period(period: str) -> str:
 
 
 def reconcile(  # noqa: PLR0913  the library and its gateway, then keyword-only options
-    ms: Metersync,
+    ms: Library,
     gateway: Gateway,
     *,
     period: str = "current",
@@ -243,7 +243,7 @@ class _CountingPace:
             self.calls += 1
 
 
-def _results(ms: Metersync, run_id: int) -> list[PairResult]:
+def _results(ms: Library, run_id: int) -> list[PairResult]:
     with ms.engine.connect() as conn:
         rows = store.run_pairs(conn, run_id)
     return [
