@@ -10,7 +10,6 @@ same results beside the ``error`` object.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -26,7 +25,7 @@ from adapter.domain.items import BatchResult, Receipt
 from adapter.errors import ConfigurationError
 from adapter.store.mirror_models import Invoice
 from adapter.store.models import table
-from adapter.store.schedule import ScheduleChange, ScheduleState
+from adapter.store.schedule import schedule_json
 from webhooks.auth import OpsActor
 from webhooks.errors import (
     BadRequest,
@@ -168,21 +167,6 @@ class ScheduleUpdate(BaseModel):
 
     expression: str | None = Field(default=None, max_length=100)
     paused: bool | None = None
-
-
-def schedule_json(state: ScheduleState, history: Sequence[ScheduleChange]) -> dict[str, Any]:
-    """The schedule, its next tick and the latest changes (newest first) as JSON."""
-    return {
-        "expression": state.expression,
-        "paused": state.paused,
-        "next_tick": state.next_tick.isoformat() if state.next_tick else None,
-        "updated_by": state.updated_by,
-        "updated_at": state.updated_at.isoformat(),
-        "history": [
-            {"at": c.at.isoformat(), "actor": c.actor, "action": c.action, "detail": c.detail}
-            for c in history
-        ],
-    }
 
 
 @router.get("/schedule")

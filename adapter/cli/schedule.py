@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import getpass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from adapter.cli.context import connected, console, print_json
 from adapter.domain import schedule as schedules
-from adapter.store.schedule import ScheduleChange, ScheduleState
+from adapter.store.schedule import ScheduleChange, ScheduleState, schedule_json
 
 #: The accepted expressions, as every help text of this group shows them.
 FORMS = (
@@ -59,21 +59,6 @@ def describe_change(change: ScheduleChange) -> str:
     return f"{show_time(change.at)}  {change.actor}  {what}"
 
 
-def state_json(state: ScheduleState, history: list[ScheduleChange]) -> dict[str, Any]:
-    """``schedule show --json``: the state and the latest changes, newest first."""
-    return {
-        "expression": state.expression,
-        "paused": state.paused,
-        "next_tick": state.next_tick.isoformat() if state.next_tick else None,
-        "updated_by": state.updated_by,
-        "updated_at": state.updated_at.isoformat(),
-        "history": [
-            {"at": c.at.isoformat(), "actor": c.actor, "action": c.action, "detail": c.detail}
-            for c in history
-        ],
-    }
-
-
 def _next_tick(state: ScheduleState) -> str:
     if state.next_tick is None:
         return "none while paused"
@@ -98,7 +83,7 @@ def show(ctx: typer.Context, as_json: AsJson = False) -> None:
         state = ms.schedule.state()
         history = ms.schedule.history(limit=HISTORY)
     if as_json:
-        print_json(state_json(state, history))
+        print_json(schedule_json(state, history))
         return
     console.print(f"schedule: {state.expression} ({describe_state(state)})")
     console.print(f"next tick: {_next_tick(state)}")

@@ -195,16 +195,21 @@ def _settling_note(pair: Pair, settle: timedelta) -> str:
     return f"sent less than {int(settle.total_seconds())}s ago; Stripe may still be processing"
 
 
-def _missing_plan(pair: Pair, missing: int, *, now: datetime) -> Plan:
-    """A sum meter short of ``missing``: one correction event of that value, at the
-    latest second of the period that Stripe still accepts."""
-    at = send_timestamp(
+def _latest_second(pair: Pair, *, now: datetime) -> datetime | None:
+    """The latest second of the pair's period that Stripe still accepts an event at."""
+    return send_timestamp(
         window_start=pair.period_start,
         window_end=pair.period_end,
         period_start=None,
         period_end=None,
         now=now,
     )
+
+
+def _missing_plan(pair: Pair, missing: int, *, now: datetime) -> Plan:
+    """A sum meter short of ``missing``: one correction event of that value, at the
+    latest second of the period that Stripe still accepts."""
+    at = _latest_second(pair, now=now)
     if at is None:
         return Plan(note="the period is older than Stripe accepts events for: fix it by hand")
     return Plan(send_value=missing, send_timestamp=at, note=f"send a correction of +{missing}")
@@ -237,13 +242,7 @@ def _last_plan(pair: Pair, expected: int, *, now: datetime) -> Plan:
         [e.timestamp for e in pair.counted] + [c.timestamp for c in pair.candidates],
         default=None,
     )
-    at = send_timestamp(
-        window_start=pair.period_start,
-        window_end=pair.period_end,
-        period_start=None,
-        period_end=None,
-        now=now,
-    )
+    at = _latest_second(pair, now=now)
     if at is None or at > now or (newest is not None and at <= newest):
         return Plan(
             note="no second is left after the newest event in the period (or Stripe no "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,16 @@ class ScheduleState:
     #: The next tick after now; None while paused (the scheduler closes nothing then).
     next_tick: datetime | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: times as ISO 8601 strings."""
+        return {
+            "expression": self.expression,
+            "paused": self.paused,
+            "next_tick": self.next_tick.isoformat() if self.next_tick else None,
+            "updated_by": self.updated_by,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ScheduleChange:
@@ -50,6 +60,21 @@ class ScheduleChange:
     actor: str
     action: str
     detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the time as an ISO 8601 string."""
+        return {
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "detail": self.detail,
+        }
+
+
+def schedule_json(state: ScheduleState, history: Iterable[ScheduleChange]) -> dict[str, Any]:
+    """The schedule and its latest changes (as given, newest first) as one JSON document:
+    what ``schedule show --json`` prints and ``GET /v1/schedule`` returns."""
+    return state.to_dict() | {"history": [c.to_dict() for c in history]}
 
 
 def _state(row: sa.Row[Any], now: datetime) -> ScheduleState:
