@@ -6,7 +6,8 @@ ms.increment("acct_1", 10, meter="api_calls", idempotency_key="req-1")
 """
 
 from adapter.client import Metersync, connect
-from adapter.errors import InvalidUsage, MetersyncError
+from adapter.domain.rating import rate
+from adapter.errors import InvalidUsage, MetersyncError, RatingError
 from adapter.reading.usage import MeterUsage, Usage
 from adapter.recording.recorder import BatchResult, Receipt, Rejected
 
@@ -16,8 +17,10 @@ __all__ = [
     "MeterUsage",
     "Metersync",
     "MetersyncError",
+    "RatingError",
     "Receipt",
     "Rejected",
     "Usage",
     "connect",
+    "rate",
 ]

@@ -37,3 +37,14 @@ class ConfigurationError(MetersyncError):
 
 class SchemaOutOfDate(MetersyncError):
     """The database schema is behind this version of metersync."""
+
+
+class RatingError(MetersyncError):
+    """A price (or quantity) that cannot be rated as Stripe would; names the price and field."""
+
+    def __init__(self, message: str, *, price: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        #: The Stripe price id, when the price has one.
+        self.price = price
+        #: The price field (or ``quantity``) that could not be rated.
+        self.field = field
