@@ -16,14 +16,20 @@ from adapter.gateway.stream import STREAM_CHUNK
 from adapter.pushing.outbox import close_reports, pushable_ids
 from adapter.pushing.pusher import Pusher, PushResult
 from adapter.pushing.stream import StreamPusher
+from adapter.reading.compare import Comparison, compare
+from adapter.reading.invoice import preview_invoice
+from adapter.reading.preview import InvoicePreview
+from adapter.reading.pricing import priced_usage
 from adapter.reading.reports import ReportInfo, list_reports
 from adapter.reading.usage import Usage, read_usage
 from adapter.reconciling.run import ReconcileSummary, reconcile
 from adapter.recording.recorder import BatchResult, Receipt, Recorder
 from adapter.store import db
+from adapter.store.allowances import Allowances
 from adapter.store.catalog import Accounts, Meters
 from adapter.store.models import UsageReport, table, utcnow
 from adapter.store.periods import Periods, store_period
+from adapter.store.prices import account_items
 from adapter.store.schedule import ScheduleStore
 from config.settings import Settings
 
@@ -48,6 +54,8 @@ class Metersync:
         self.meters = Meters(engine, default_meter=settings.default_meter)
         self.schedule = ScheduleStore(engine, initial=settings.report_schedule)
         self.periods = Periods(engine)
+        #: Units each Stripe price's plan includes, set in metersync (see the preview).
+        self.allowances = Allowances(engine)
         self._recorder = Recorder(
             engine,
             self.accounts,
@@ -102,9 +110,8 @@ class Metersync:
         dates, over the account's current billing period (the calendar month until the
         mirror knows one)."""
         with self.engine.connect() as conn:
-            account_id = self.accounts.ids(conn, [account]).get(account)
-            if account_id is None:
-                raise self.accounts.unknown(account)
+            info = self.accounts.get(account, conn)
+            account_id = info.id
             if meter is None:
                 meters = self.meters.all(conn)
             else:
@@ -114,6 +121,7 @@ class Metersync:
                 meters = [found[meter]]
             start, end, source = self._period(conn, account_id, period_start, period_end)
             per_meter = read_usage(conn, account_id=account_id, meters=meters, start=start, end=end)
+            per_meter = priced_usage(conn, account_id, meters, per_meter, free=info.free)
         return Usage(account, start, end, per_meter, source)
 
     def _period(
@@ -127,6 +135,42 @@ class Metersync:
         if current is not None:
             return (*current, "billing_period")
         return (*validation.default_period(utcnow()), "calendar_month")
+
+    def preview_invoice(self, account: str, *, subscription: str | None = None) -> InvoicePreview:
+        """The current period's invoice of the account's subscription (the newest one
+        Stripe still bills, unless ``subscription`` names one), rated locally: base fees,
+        metered lines with allowance, overage and tiers, subtotal and total."""
+        with self.engine.connect() as conn:
+            return preview_invoice(
+                conn,
+                account=self.accounts.get(account, conn),
+                meters=self.meters.all(conn),
+                allowances=self.allowances.all(conn),
+                periods=self.periods,
+                now=utcnow(),
+                subscription=subscription,
+            )
+
+    def compare_invoice(self, account: str, *, subscription: str | None = None) -> Comparison:
+        """:meth:`preview_invoice` beside Stripe's own preview of the same invoice, line by
+        line (needs a Stripe key)."""
+        gateway = self.gateway()
+        if gateway is None:
+            raise ConfigurationError(
+                "comparing with Stripe reads Stripe's invoice preview: "
+                "set METERSYNC_STRIPE_API_KEY and run again"
+            )
+        preview = self.preview_invoice(account, subscription=subscription)
+        # A preview always names both: it raises when there is no subscription.
+        assert preview.customer is not None
+        assert preview.subscription is not None
+        theirs = gateway.preview_invoice(
+            customer=preview.customer, subscription=preview.subscription
+        )
+        with self.engine.connect() as conn:
+            items = account_items(conn, self.accounts.get(account, conn).id)
+        prices = {i.price_id: i.price for i in items if i.price_id and i.price}
+        return compare(preview, theirs, prices)
 
     def set_billing_period(
         self, account: str, period_start: DateLike, period_end: DateLike, *, source: str = "manual"

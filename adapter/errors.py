@@ -31,6 +31,10 @@ class InvalidPeriod(InvalidUsage):
     """A usage query period that is malformed or empty."""
 
 
+class NoSubscription(InvalidUsage):
+    """The account has no subscription Stripe bills, so there is no invoice to preview."""
+
+
 class ConfigurationError(MetersyncError):
     """Settings or stored configuration that cannot work (bad schedule, bad meter)."""
 

@@ -9,6 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 import responses
 
+from tests.stripe_prices import as_sent, expansions
+
 #: Stripe's API at its default address.
 API = "https://api.stripe.com"
 
@@ -22,7 +24,8 @@ def error(
 
 class StripeLists:
     """Stripe's list endpoints at ``base`` over in-memory objects, newest first, ``size``
-    per page (Stripe may send fewer than ``limit``). ``fail[(resource, starting_after)]``
+    per page (Stripe may send fewer than ``limit``); prices carry their ``tiers`` only when
+    the request expands ``data.tiers``, as at Stripe. ``fail[(resource, starting_after)]``
     answers that page once with an error (see :func:`error`). Each answer carries the
     request id ``{request_ids}{n}`` for the n-th request."""
 
@@ -58,7 +61,8 @@ class StripeLists:
     def _answer(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
         url = urlsplit(request.url)
         resource = self.PATHS[url.path]
-        after = parse_qs(url.query).get("starting_after", [None])[0]
+        query = parse_qs(url.query)
+        after = query.get("starting_after", [None])[0]
         self.requests.append((resource, after))
         self.auth.append(request.headers.get("Authorization"))
         headers = {"Request-Id": f"{self._request_ids}{len(self.requests)}"}
@@ -68,6 +72,8 @@ class StripeLists:
         objects = self.objects[resource]
         start = next(i + 1 for i, obj in enumerate(objects) if obj["id"] == after) if after else 0
         page = objects[start : start + self.size]
+        if resource == "prices":
+            page = [as_sent(p, expanded="data.tiers" in expansions(query)) for p in page]
         more = start + self.size < len(objects)
         body = {"object": "list", "url": url.path, "data": page, "has_more": more}
         return 200, headers, json.dumps(body)

@@ -18,7 +18,9 @@ read what it recorded from ``GET /_standin/events`` and change its faults with
 ``POST /_standin/faults`` (a JSON object of :class:`Faults` fields). Drift is planted
 with ``POST /_standin/meters`` (``{"event_name": "sum"|"last"}``), ``POST /_standin/drop``
 (``{"identifier": …}``: Stripe lost an event) and ``POST /_standin/plant`` (an event
-Stripe holds that nobody sent through metersync).
+Stripe holds that nobody sent through metersync). ``GET /v1/prices`` and ``GET
+/v1/prices/{id}`` serve the prices ``POST /_standin/prices`` (a JSON list) planted, with
+their ``tiers`` only when expanded, as at Stripe (:class:`~tests.stripe_prices.PriceBook`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.stripe_meter_model import MeterModel
+from tests.stripe_prices import PRICES, PriceBook
 
 #: The endpoints this stand-in serves.
 METER_EVENTS = "/v1/billing/meter_events"
@@ -43,6 +46,7 @@ METERS = "/v1/billing/meters"
 #: Where tests read what was recorded, change the faults, and plant drift.
 EVENTS, FAULTS = "/_standin/events", "/_standin/faults"
 SET_METERS, DROP, PLANT = "/_standin/meters", "/_standin/drop", "/_standin/plant"
+SET_PRICES = "/_standin/prices"
 
 
 @dataclass
@@ -106,6 +110,8 @@ class StandinServer(ThreadingHTTPServer):
         self.recorded = Recorded()
         #: What Stripe holds: accepted events minus cancels, plus planted drift.
         self.model = MeterModel()
+        #: The prices Stripe holds.
+        self.prices = PriceBook()
         self.set_faults(faults or Faults())
 
     @property
@@ -137,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: tests read the recorded events, not an access log."""
 
     def do_GET(self) -> None:
-        """Serve the recorded events, the meters, or a meter's event summary."""
+        """Serve the recorded events, the meters, a meter's event summary, or prices."""
         url = urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         if url.path == EVENTS:
@@ -146,15 +152,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, self.server.model.meters_json())
         elif len(parts) == 5 and url.path.startswith(METERS) and parts[4] == "event_summaries":
             self._summary(parts[3], {k: v[0] for k, v in parse_qs(url.query).items()})
+        elif url.path == PRICES or url.path.startswith(f"{PRICES}/"):
+            if self._authorized():
+                self._json(*self.server.prices.answer(url.path, parse_qs(url.query)))
         else:
             self._error(404, "invalid_request_error", f"Unrecognized request URL ({self.path}).")
 
     def do_POST(self) -> None:
-        """Serve meter events, or take new faults."""
+        """Serve meter events, or take new faults, drift or prices."""
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path == FAULTS:
             self.server.set_faults(Faults(**json.loads(body or b"{}")))
             self._json(200, dataclasses.asdict(self.server.faults))
+        elif self.path == SET_PRICES:
+            self._json(200, {"prices": self.server.prices.add(json.loads(body or b"[]"))})
         elif self.path in (SET_METERS, DROP, PLANT):
             self._control(self.path, json.loads(body or b"{}"))
         elif self.path == ADJUSTMENTS:

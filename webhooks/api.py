@@ -1,4 +1,5 @@
-"""The usage and ops API: ``GET /v1/accounts/{account}/usage``, ``POST /v1/usage`` and
+"""The usage and ops API: ``GET /v1/accounts/{account}/usage``,
+``GET /v1/accounts/{account}/invoice-preview``, ``POST /v1/usage`` and
 ``GET|PUT /v1/schedule``. Every route needs the ops token (see :mod:`webhooks.auth`).
 
 ``POST /v1/usage`` takes ``{"items": [...]}`` or a bare list of the items
@@ -74,6 +75,19 @@ def account_usage(  # noqa: PLR0913  a FastAPI route: one parameter per query pa
         start, end = invoice_period(ms, account, invoice)
         return ms.get_usage(account, start, end, meter=meter).to_dict() | {"invoice": invoice}
     return ms.get_usage(account, period_start, period_end, meter=meter).to_dict()
+
+
+@router.get("/accounts/{account}/invoice-preview")
+def invoice_preview(
+    request: Request,
+    account: str,
+    _actor: OpsActor,
+    subscription: Annotated[str | None, Query(max_length=255)] = None,
+) -> dict[str, Any]:
+    """The current period's invoice of ``account``, rated locally: base fees, metered
+    lines with allowance, overage and tiers, subtotal and total (minor units)."""
+    ms = app_state(request).metersync()
+    return ms.preview_invoice(account, subscription=subscription).to_dict()
 
 
 def invoice_period(ms: Metersync, account: str, invoice: str) -> tuple[datetime, datetime]:

@@ -22,6 +22,7 @@ from adapter.errors import (
     ConfigurationError,
     InvalidUsage,
     MetersyncError,
+    NoSubscription,
     UnknownAccount,
     UnknownMeter,
 )
@@ -141,6 +142,8 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
 def _metersync(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, UnknownAccount | UnknownMeter):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, NoSubscription):
+        return error_response(404, "no_subscription", str(exc))
     if isinstance(exc, InvalidUsage):
         return error_response(422, "invalid_usage", str(exc))
     if isinstance(exc, ConfigurationError):

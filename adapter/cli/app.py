@@ -15,6 +15,8 @@ from adapter.cli import (
     demo,
     explain,
     meters,
+    preview,
+    prices,
     reconcile,
     reports,
     schedule,
@@ -46,6 +48,8 @@ app.add_typer(meters.app, name="meters")
 app.add_typer(db.app, name="db")
 app.add_typer(schedule.app, name="schedule")
 app.command("usage")(usage.usage)
+app.command("preview")(preview.preview)
+app.add_typer(prices.app, name="prices")
 app.add_typer(reports.report_app, name="report")
 app.command("reports")(reports.list_reports)
 app.command("retry")(reports.retry)

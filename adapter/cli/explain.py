@@ -13,6 +13,7 @@ from rich.text import Text
 from adapter.cli.context import connected, console, print_json
 from adapter.cli.reports import AsJson, print_table, show_timestamp, status_text, utc
 from adapter.cli.usage import show_decimal
+from adapter.domain.money import format_amount
 from adapter.reading.explain import Explanation, LineExplanation, LinkedReport, explain_invoice
 
 InvoiceId = Annotated[
@@ -26,7 +27,9 @@ def explain(ctx: typer.Context, invoice_id: InvoiceId, as_json: AsJson = False) 
 
     For each line: its Stripe meter and local meters, service period and quantity, the
     reports linked to it with what each sent, and whether the quantity agrees with the
-    total sent (the sum for sum meters, the last value for max and last meters).
+    total sent (the sum for sum meters, the last value for max and last meters). Then
+    every priced line rated by metersync from the mirrored price beside Stripe's amount,
+    with any difference flagged.
     """
     with connected(ctx) as ms:
         found = explain_invoice(ms.engine, invoice_id)
@@ -44,6 +47,33 @@ def explain(ctx: typer.Context, invoice_id: InvoiceId, as_json: AsJson = False) 
             console.print(Text(line_title(line)))
             console.print("no local reports are linked to this line")
         console.print(Text(verdict(line)))
+    if found.ratings:
+        console.print()
+        print_table(rating_table(found))
+        for rated in found.ratings:
+            if rated.note:
+                console.print(Text(f"{rated.line_id}: {rated.note}"))
+
+
+def rating_table(found: Explanation) -> Table:
+    """Each priced line: Stripe's quantity and amount beside metersync's rating of it."""
+    currency = next((r.currency for r in found.ratings if r.currency), None)
+    table = Table(title=f"Rating: metersync vs Stripe, amounts in {(currency or '?').upper()}")
+    table.add_column("line", style="bold", overflow="fold")
+    table.add_column("price", overflow="fold")
+    for numeric in ("quantity", "Stripe", "rated"):
+        table.add_column(numeric, justify="right", no_wrap=True)
+    table.add_column("agree", no_wrap=True)
+    for r in found.ratings:
+        table.add_row(
+            r.line_id,
+            r.price_id,
+            "-" if r.quantity is None else show_decimal(r.quantity),
+            format_amount(r.stripe_amount, r.currency, code=False),
+            format_amount(r.rated_amount, r.currency, code=False),
+            {True: "yes", False: "NO", None: "-"}[r.agree],
+        )
+    return table
 
 
 def header(found: Explanation) -> str:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from adapter.cli.context import connected, console, print_json
+from adapter.domain.money import format_amount
 from adapter.reading.usage import Usage
 
 #: How the title explains where the period came from.
@@ -53,12 +54,14 @@ def usage_title(u: Usage) -> str:
 
 
 def usage_table(u: Usage) -> Table:
-    """One row per meter: quantity, sent, pending, events and aggregation."""
+    """One row per meter: quantity, sent, pending, events, aggregation and the cost so far
+    (by the account's subscription price; ``-`` when none bills the meter)."""
     table = Table(title=usage_title(u))
     table.add_column("meter", style="bold")
     for numeric in ("quantity", "sent", "pending", "events"):
         table.add_column(numeric, justify="right")
     table.add_column("aggregation")
+    table.add_column("cost so far", justify="right")
     for name, m in u.meters.items():
         table.add_row(
             name,
@@ -67,6 +70,7 @@ def usage_table(u: Usage) -> Table:
             show_decimal(m.pending),
             str(m.events),
             m.aggregation,
+            "not rated" if m.rating_error else format_amount(m.amount, m.currency),
         )
     return table
 
@@ -119,3 +123,6 @@ def usage(  # noqa: PLR0913  a Typer command: one parameter per option
         print_json(u.to_dict())
     else:
         console.print(usage_table(u))
+        for name, m in u.meters.items():
+            if m.rating_error:
+                console.print(f"{name}: {m.rating_error}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 #: Currencies whose minor unit is the major unit (Stripe's "zero-decimal currencies").
+#: UGX is left out: Stripe lists it there but, for backwards compatibility, takes and
+#: returns UGX amounts with two decimals ("to charge 5 UGX, provide an amount value of
+#: 500", Stripe's currency special cases), as it does ISK.
 ZERO_DECIMAL = frozenset(
     {
         "bif",
@@ -17,7 +20,6 @@ ZERO_DECIMAL = frozenset(
         "mga",
         "pyg",
         "rwf",
-        "ugx",
         "vnd",
         "vuv",
         "xaf",
@@ -38,11 +40,12 @@ def minor_unit_exponent(currency: str | None) -> int:
     return 3 if code in THREE_DECIMAL else 2
 
 
-def format_amount(amount: int | None, currency: str | None) -> str:
-    """``1234, "usd"`` → ``"12.34 USD"``; ``500, "jpy"`` → ``"500 JPY"``; ``None`` → ``"-"``."""
+def format_amount(amount: int | None, currency: str | None, *, code: bool = True) -> str:
+    """``1234, "usd"`` → ``"12.34 USD"`` (``"12.34"`` without ``code``); ``500, "jpy"`` →
+    ``"500 JPY"``; ``None`` → ``"-"``."""
     if amount is None:
         return "-"
     places = minor_unit_exponent(currency)
     major = Decimal(amount).scaleb(-places)
     text = f"{major:,.{places}f}"
-    return f"{text} {currency.upper()}" if currency else text
+    return f"{text} {currency.upper()}" if currency and code else text

@@ -129,6 +129,7 @@ def _amount(
     prefix = f"{where}." if where else ""
     decimal_field = f"{field}_decimal"
     text = obj.get(decimal_field)
+    read = decimal_field if text is not None else field
     if text is not None:
         value = _decimal(pid, f"{prefix}{decimal_field}", text)
     else:
@@ -141,7 +142,7 @@ def _amount(
             raise error(pid, f"{prefix}{field}", f"expected an integer, got {whole!r}")
         value = Decimal(whole)
     if value < 0:
-        raise error(pid, f"{prefix}{field}", f"negative amount {value}")
+        raise error(pid, f"{prefix}{read}", f"negative amount {value}")
     return value
 
 

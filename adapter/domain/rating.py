@@ -14,8 +14,10 @@ The rules, from Stripe's price object and pricing-model guides:
 - ``tiers_mode=volume``: the tier the whole quantity falls in prices every unit, plus its
   flat amount.
 - A tier's ``up_to`` is inclusive; ``null`` (or ``"inf"``) is the last, open tier.
-- A negative quantity is invoiced as 0 (Stripe invoices a negative meter total as 0), and
-  a zero quantity reaches no tier, so it costs nothing.
+- A negative quantity is invoiced as 0 (Stripe invoices a negative meter total as 0). A zero
+  quantity costs the first tier's flat amount and nothing more: "Stripe always bills the
+  first flat rate tier when ``quantity=0``" (Stripe's *tiered pricing* guide), in both tier
+  modes; a per-unit price, or a first tier without a flat amount, costs nothing.
 """
 
 from __future__ import annotations
@@ -128,7 +130,10 @@ class Plan:
         """:func:`rate` for this price (the fast path: no bands are built)."""
         billed = self.billed(quantity_of(self.price_id, quantity))
         exact = ZERO
-        if self.scheme == "graduated":
+        if not billed:
+            # Stripe bills the first tier's flat amount at quantity 0 (zero for per-unit).
+            exact = self.tiers[0].flat
+        elif self.scheme == "graduated":
             floor = ZERO
             for tier in self.tiers:
                 if billed <= floor:
@@ -136,7 +141,7 @@ class Plan:
                 top = billed if tier.up_to is None or billed < tier.up_to else tier.up_to
                 exact += (top - floor) * tier.unit + tier.flat
                 floor = top
-        elif billed:
+        else:
             tier = self._tier_of(billed)
             exact = billed * tier.unit + tier.flat
         return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
@@ -145,7 +150,12 @@ class Plan:
         """The rating with its bands."""
         asked = quantity_of(self.price_id, quantity)
         billed = self.billed(asked)
-        bands = self._graduated(billed) if self.scheme == "graduated" else self._single(billed)
+        if not billed:
+            bands = self._nothing_billed()
+        elif self.scheme == "graduated":
+            bands = self._graduated(billed)
+        else:
+            bands = self._single(billed)
         exact = sum((b.amount for b in bands), ZERO)
         return Rating(
             price_id=self.price_id,
@@ -165,10 +175,15 @@ class Plan:
                 return tier
         raise AssertionError("unreachable: the last tier is open")  # pragma: no cover
 
-    def _single(self, quantity: Decimal) -> tuple[Band, ...]:
-        """Volume or per-unit: one band holds every unit."""
-        if not quantity:
+    def _nothing_billed(self) -> tuple[Band, ...]:
+        """Quantity 0: the first tier's flat amount as a band of no units (none without one)."""
+        first = self.tiers[0]
+        if not first.flat:
             return ()
+        return (Band(1, ZERO, first.up_to, ZERO, first.unit, first.flat, first.flat),)
+
+    def _single(self, quantity: Decimal) -> tuple[Band, ...]:
+        """Volume or per-unit: one band holds every unit (``quantity`` is above zero)."""
         floor = ZERO
         for index, tier in enumerate(self.tiers, start=1):
             if tier.up_to is None or quantity <= tier.up_to:

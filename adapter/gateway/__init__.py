@@ -1,5 +1,5 @@
-"""The only package that talks to Stripe: meter events (v1, and the v2 stream), meters, and
-reading objects and events for ``metersync sync``.
+"""The only package that talks to Stripe: meter events (v1, and the v2 stream), meters,
+reading objects and events for ``metersync sync``, and invoice previews.
 
 Every call goes through one short retry policy (tenacity) and ends in one of three ways:
 delivered, :class:`TransientError` (try again later) or :class:`PermanentError` (an operator

@@ -19,6 +19,7 @@ from adapter.errors import ConfigurationError
 from adapter.gateway.adjust import Adjusting
 from adapter.gateway.objects import ObjectReader
 from adapter.gateway.policy import RetryPolicy, Sleep, classify, idempotency_key
+from adapter.gateway.preview import Previewing
 from adapter.gateway.stream import Clock, MeterEventStream
 from adapter.gateway.types import Delivery, StripeMeter, aware, whole
 
@@ -35,9 +36,10 @@ POOL_SIZE = 64
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-class Gateway(ObjectReader, Adjusting):
+class Gateway(ObjectReader, Adjusting, Previewing):
     """Sends meter events to Stripe and reads its meters and objects, one briefly-retried call
-    at a time; reads meter event summaries and cancels meter events (reconciliation)."""
+    at a time; reads meter event summaries and cancels meter events (reconciliation); asks
+    for an invoice preview (rating's reference)."""
 
     def __init__(  # noqa: PLR0913  independent keyword-only options of the public constructor
         self,

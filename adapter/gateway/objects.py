@@ -5,7 +5,8 @@ Objects come back exactly as Stripe's API returned them (``raw_request``), not a
 ``StripeObject`` s turned back into dicts: ``StripeObject.to_dict(for_json=True)`` would
 re-encode decimal strings through ``Decimal`` (``"0.0000001"`` comes back as ``"1E-7"``),
 while the raw JSON is byte for byte what a webhook would carry. Lists Stripe truncates
-inside an object (invoice ``lines``, subscription ``items``) are fetched whole.
+inside an object (invoice ``lines``, subscription ``items``) are fetched whole, and a
+price's ``tiers``, which Stripe sends only when asked, are expanded.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ LIST_PATHS: Mapping[str, str] = {
     "events": "/v1/events",
 }
 #: Without ``status=all`` Stripe leaves canceled subscriptions out. Subscriptions embed
-#: their ``items`` without asking; prices and meters list active and inactive alike.
-LIST_PARAMS: Mapping[str, Mapping[str, str]] = {"subscriptions": {"status": "all"}}
+#: their ``items`` without asking; prices and meters list active and inactive alike. A
+#: price's ``tiers`` come only when expanded, and local rating needs them.
+#: (stripe-python sends a sequence as ``expand[0]=…``, which Stripe reads as ``expand[]``.)
+LIST_PARAMS: Mapping[str, Mapping[str, str | tuple[str, ...]]] = {
+    "subscriptions": {"status": "all"},
+    "prices": {"expand": ("data.tiers",)},
+}
 #: Where one object of each ``object`` type is read (the mirror's ``Refetch`` types).
 OBJECT_PATHS: Mapping[str, str] = {
     "customer": "/v1/customers/{}",
@@ -48,6 +54,8 @@ OBJECT_PATHS: Mapping[str, str] = {
     "price": "/v1/prices/{}",
     "billing.meter": "/v1/billing/meters/{}",
 }
+#: The parameters every read of one object of a type needs: a price's ``tiers``, as above.
+OBJECT_PARAMS: Mapping[str, Mapping[str, str | tuple[str, ...]]] = {"price": {"expand": ("tiers",)}}
 #: Stripe's largest page.
 MAX_LIMIT = 100
 #: Stripe's basic per-second limit on reads; the meter event budget
@@ -151,7 +159,8 @@ class ObjectReader:
             known = ", ".join(OBJECT_PATHS)
             raise ValueError(f"cannot read a {object_type!r}; known types: {known}")
         try:
-            obj = self._get(path.format(quote(object_id, safe="")), {})
+            url = path.format(quote(object_id, safe=""))
+            obj = self._get(url, OBJECT_PARAMS.get(object_type, {}))
         except PermanentError as error:
             # Only Stripe's own "no such object": a bare 404 (a wrong base URL) is an error.
             if error.status == 404 and error.code == "resource_missing":

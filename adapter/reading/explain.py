@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from adapter.domain import reporting
 from adapter.domain.aggregation import ZERO, Aggregate
 from adapter.errors import MetersyncError
+from adapter.reading.explain_rating import LineRating, rate_lines
 from adapter.store.mirror_models import Invoice, InvoiceLine, InvoiceReport, Price, StripeCustomer
 from adapter.store.mirror_models import StripeMeter as StripeMeterRow
 from adapter.store.models import Account, Meter, UsageReport, table
@@ -109,6 +110,8 @@ class Explanation:
     lines: tuple[LineExplanation, ...]
     #: Lines that bill no meter (fixed fees, one-off items).
     other_lines: int
+    #: Every priced line rated by metersync beside Stripe's amount.
+    ratings: tuple[LineRating, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ISO 8601 times, decimals as exact strings."""
@@ -217,6 +220,7 @@ def explain_invoice(engine: sa.Engine, invoice_id: str) -> Explanation:
         explained = tuple(
             _explain_line(conn, line, linked.get(line.id, []), invoice) for line in lines
         )
+        ratings = rate_lines(conn, invoice_id)
     return Explanation(
         invoice_id=invoice.id,
         status=invoice.status,
@@ -229,6 +233,7 @@ def explain_invoice(engine: sa.Engine, invoice_id: str) -> Explanation:
         flushed_at=invoice.flushed_at,
         lines=explained,
         other_lines=int(total) - len(lines),
+        ratings=ratings,
     )
 
 

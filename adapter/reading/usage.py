@@ -35,6 +35,14 @@ class MeterUsage:
     pending: Decimal
     events: int
     aggregation: Aggregation
+    #: Cost so far in minor units of ``currency``, by the account's current subscription
+    #: price for the meter (what Stripe's invoice line will carry); ``None`` when no
+    #: price is known or it cannot be rated (``rating_error`` then says why).
+    amount: int | None = None
+    currency: str | None = None
+    #: The Stripe price rated.
+    price: str | None = None
+    rating_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: decimals as strings, so no precision is lost."""
@@ -44,6 +52,10 @@ class MeterUsage:
             "pending": str(self.pending),
             "events": self.events,
             "aggregation": self.aggregation,
+            "amount": self.amount,
+            "currency": self.currency,
+            "price": self.price,
+            "rating_error": self.rating_error,
         }
 
 

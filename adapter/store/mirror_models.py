@@ -126,6 +126,9 @@ class Price(Mirrored, table=True):
     usage_type: str | None = Field(default=None, max_length=16)
     interval: str | None = Field(default=None, max_length=16)
     stripe_meter_id: str | None = Field(default=None, max_length=255, index=True)
+    nickname: str | None = Field(default=None, max_length=255)
+    #: A pay-what-you-want price's bounds (``minimum``, ``maximum``, ``preset``).
+    custom_unit_amount: dict[str, Any] | None = json_field(default=None, nullable=True)
 
 
 class StripeMeter(Mirrored, table=True):

@@ -236,3 +236,14 @@ class Installation(SQLModel, table=True):
 def table(model: type[SQLModel]) -> sa.Table:
     """The Core table behind a model, for set-based statements."""
     return cast(sa.Table, model.__table__)  # type: ignore[attr-defined]
+
+
+class PriceAllowance(SQLModel, table=True):
+    """Units of a Stripe price a plan includes, set in metersync (shown in the preview)."""
+
+    __tablename__ = "price_allowance"
+
+    price_id: str = Field(primary_key=True, max_length=255)
+    quantity: Decimal = Field(sa_type=Quantity())
+    updated_at: datetime = when_field(default_factory=utcnow)
+    updated_by: str = Field(default="", max_length=255)

@@ -10,10 +10,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapter.store.mirror_models import Price, StripeCustomer, Subscription, SubscriptionItem
+from adapter.store.mirror_models import Price, Subscription, SubscriptionItem
 from adapter.store.models import Account, table
 
-_ACCOUNTS, _CUSTOMERS = table(Account), table(StripeCustomer)
+_ACCOUNTS = table(Account)
 _SUBSCRIPTIONS, _ITEMS, _PRICES = table(Subscription), table(SubscriptionItem), table(Price)
 #: Subscription statuses Stripe still invoices (``canceled`` and ``incomplete_expired`` end it).
 BILLED_STATUSES = ("active", "trialing", "past_due", "unpaid", "incomplete", "paused")
@@ -59,6 +59,8 @@ def price_object(row: Mapping[str, Any]) -> dict[str, Any]:
         "unit_amount": row["unit_amount"],
         "unit_amount_decimal": row["unit_amount_decimal"],
         "transform_quantity": row["transform_quantity"],
+        "nickname": row["nickname"],
+        "custom_unit_amount": row["custom_unit_amount"],
         "type": "recurring" if row["interval"] else "one_time",
         "recurring": {
             "usage_type": row["usage_type"],
@@ -89,8 +91,9 @@ def account_items(conn: sa.Connection, account_id: int) -> list[PricedItem]:
             *(c.label(f"p_{c.name}") for c in _PRICES.c),
         )
         .select_from(
-            _ACCOUNTS.join(_CUSTOMERS, _CUSTOMERS.c.id == _ACCOUNTS.c.stripe_customer_id)
-            .join(_SUBSCRIPTIONS, _SUBSCRIPTIONS.c.customer_id == _CUSTOMERS.c.id)
+            _ACCOUNTS.join(
+                _SUBSCRIPTIONS, _SUBSCRIPTIONS.c.customer_id == _ACCOUNTS.c.stripe_customer_id
+            )
             .join(_ITEMS, _ITEMS.c.subscription_id == _SUBSCRIPTIONS.c.id)
             .outerjoin(_PRICES, _PRICES.c.id == _ITEMS.c.price_id)
         )
@@ -117,3 +120,12 @@ def account_items(conn: sa.Connection, account_id: int) -> list[PricedItem]:
             )
         )
     return found
+
+
+def mirrored_prices(conn: sa.Connection, *, include_inactive: bool = False) -> list[dict[str, Any]]:
+    """Every mirrored price as a Stripe Price object, newest first."""
+    query = sa.select(_PRICES).where(_PRICES.c.deleted.is_(False))
+    if not include_inactive:
+        query = query.where(_PRICES.c.active.is_(True))
+    rows = conn.execute(query.order_by(_PRICES.c.created.desc().nulls_last(), _PRICES.c.id))
+    return [price_object(dict(row)) for row in rows.mappings()]

@@ -159,11 +159,11 @@ def test_choices_match_adapter() -> None:
 
 
 def test_usage_table(recorded: str) -> None:
-    """usage shows per meter quantity, sent, pending, events and aggregation, and the period."""
+    """usage shows per meter quantity, sent, pending, events, aggregation, cost and the period."""
     result = cli(recorded, "usage", "acct_1")
     assert result.exit_code == 0, result.output
-    assert row(result.stdout, "api_calls") == ["api_calls", "15", "0", "15", "2", "sum"]
-    assert row(result.stdout, "peak") == ["peak", "7", "0", "7", "2", "max"]
+    assert row(result.stdout, "api_calls") == ["api_calls", "15", "0", "15", "2", "sum", "-"]
+    assert row(result.stdout, "peak") == ["peak", "7", "0", "7", "2", "max", "-"]
     assert "Usage of acct_1" in result.stdout
     assert "period: calendar_month" in result.stdout
 

@@ -153,6 +153,10 @@ def test_usage_by_dates(client: TestClient, ms: Metersync) -> None:
         "pending": "2",
         "events": 1,
         "aggregation": "sum",
+        "amount": None,
+        "currency": None,
+        "price": None,
+        "rating_error": None,
     }
     assert body["meters"]["peak"]["events"] == 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import traceback
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from importlib import resources
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
@@ -20,6 +24,8 @@ import adapter
 import adapter.store.mirror_models  # registers the mirror tables in SQLModel.metadata
 from adapter.errors import MetersyncError, SchemaOutOfDate
 from adapter.store import db
+from adapter.store.mirror_models import Price
+from adapter.store.models import table
 from config.settings import Settings
 from tests.servers import Postgres
 
@@ -34,6 +40,7 @@ TABLES = {
     "usage_event",
     "schedule",
     "audit_log",
+    "price_allowance",
     "stripe_customer",
     "subscription",
     "subscription_item",
@@ -128,6 +135,57 @@ def test_migrations_create_exactly_the_models(engine: sa.Engine, tmp_path: Path)
         drift = [d for d in diff if not (isinstance(d, list) and d[0][0] == "modify_type")]
         assert drift == [], f"{eng.dialect.name}: models and migrations differ: {drift}"
     sqlite.dispose()
+
+
+def _columns(engine: sa.Engine, table_name: str) -> set[str]:
+    return {c["name"] for c in sa.inspect(engine).get_columns(table_name)}
+
+
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_price_rating_columns_downgrade_and_upgrade_again(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """0005 adds price.nickname and price.custom_unit_amount; downgrading to 0004 drops
+    them and keeps the prices, upgrading again brings them back empty."""
+    url = (
+        f"sqlite:///{tmp_path / 'p.db'}"
+        if dialect == "sqlite"
+        else request.getfixturevalue("fresh_url")
+    )
+    eng = db.make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("adapter") / "migrations"))
+    config.attributes["engine"] = eng
+    try:
+        db.upgrade(eng)
+        price = table(Price)
+        with eng.begin() as conn:
+            conn.execute(
+                price.insert().values(
+                    id="price_1",
+                    meta={},
+                    updated_at=datetime.now(UTC),
+                    nickname="Plan",
+                    custom_unit_amount={"minimum": 100},
+                )
+            )
+        assert {"nickname", "custom_unit_amount"} <= _columns(eng, "price")
+
+        command.downgrade(config, "0004")
+
+        assert db.current_revision(eng) == "0004"
+        assert {"nickname", "custom_unit_amount"} & _columns(eng, "price") == set()
+        with eng.connect() as conn:
+            assert conn.execute(sa.text("SELECT id FROM price")).scalars().all() == ["price_1"]
+
+        assert db.upgrade(eng) == db.head_revision(eng)
+        with eng.connect() as conn:
+            got = conn.execute(sa.select(price.c.nickname, price.c.custom_unit_amount)).one()
+        assert tuple(got) == (None, None)
+    finally:
+        eng.dispose()
 
 
 def test_upgrading_twice_is_a_no_op(fresh_url: str, engine: sa.Engine) -> None:

@@ -670,6 +670,10 @@ def test_usage_to_dict_is_json_with_decimal_strings(ms: Metersync) -> None:
         "pending": "0.3",
         "events": 2,
         "aggregation": "sum",
+        "amount": None,
+        "currency": None,
+        "price": None,
+        "rating_error": None,
     }
     assert data["meters"]["peak"]["quantity"] == "0"
 

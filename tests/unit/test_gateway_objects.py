@@ -129,6 +129,31 @@ def test_decimal_strings_come_back_exactly(http: responses.RequestsMock, gateway
     assert got["unit_amount_decimal"] == "0.0000001"
 
 
+def test_prices_are_listed_with_their_tiers_expanded(
+    http: responses.RequestsMock, gateway: Gateway
+) -> None:
+    """A price list asks for ``data.tiers`` (Stripe sends tiers only when expanded), in
+    stripe-python's indexed spelling of ``expand[]``; nothing else is added."""
+    tiers = [{"up_to": 10, "unit_amount": 5}, {"up_to": None, "unit_amount": 1}]
+    price = {"id": "price_t", "object": "price", "billing_scheme": "tiered", "tiers": tiers}
+    http.get(
+        f"{API}/v1/prices",
+        match=query(limit="100", starting_after="price_u", **{"expand[0]": "data.tiers"}),
+        json=listing(price),
+    )
+
+    page = gateway.list_page("prices", starting_after="price_u")
+
+    assert page.objects == [price]
+
+
+def test_other_lists_ask_for_no_expansion(http: responses.RequestsMock, gateway: Gateway) -> None:
+    """Only prices expand: a meter list carries just its page size."""
+    http.get(f"{API}/v1/billing/meters", match=query(limit="100"), json=listing())
+
+    assert gateway.list_page("billing.meters", starting_after=None).objects == []
+
+
 def test_unknown_resource_is_refused(gateway: Gateway) -> None:
     """A list the gateway does not know is a programming error naming the known ones."""
     with pytest.raises(ValueError, match="known lists: customers"):
@@ -196,6 +221,23 @@ def test_retrieve_returns_the_object(http: responses.RequestsMock, gateway: Gate
     http.get(f"{API}/v1/billing/meters/mtr_1", json=meter)
 
     assert gateway.retrieve("billing.meter", "mtr_1") == meter
+
+
+def test_retrieve_price_expands_its_tiers(http: responses.RequestsMock, gateway: Gateway) -> None:
+    """A price is read with ``expand[]=tiers``, so a refetch brings the tiers rating needs."""
+    price = {"id": "price_t", "object": "price", "tiers": [{"up_to": None, "unit_amount": 3}]}
+    http.get(f"{API}/v1/prices/price_t", match=query(**{"expand[0]": "tiers"}), json=price)
+
+    assert gateway.retrieve("price", "price_t") == price
+
+
+def test_retrieve_other_objects_asks_for_no_expansion(
+    http: responses.RequestsMock, gateway: Gateway
+) -> None:
+    """A customer is read with no query parameters at all."""
+    http.get(f"{API}/v1/customers/cus_1", match=query(), json=customer(1))
+
+    assert gateway.retrieve("customer", "cus_1") == customer(1)
 
 
 def test_retrieve_completes_invoice_lines(http: responses.RequestsMock, gateway: Gateway) -> None:

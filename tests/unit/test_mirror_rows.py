@@ -309,6 +309,32 @@ def test_tiered_price_row_keeps_tiers() -> None:
     assert row["tiers"] == tiers
 
 
+def test_price_row_keeps_nickname_and_custom_unit_amount() -> None:
+    """The nickname and a pay-what-you-want price's bounds are stored as Stripe sent them."""
+    custom = {"maximum": 10_000, "minimum": 500, "preset": None}
+    row = prices.to_row(se.price() | {"nickname": "API calls", "custom_unit_amount": custom})
+    assert (row["nickname"], row["custom_unit_amount"]) == ("API calls", custom)
+    plain = prices.to_row(se.price())
+    assert (plain["nickname"], plain["custom_unit_amount"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("price", "kind", "lacking"),
+    [
+        ({"billing_scheme": "tiered"}, "price.updated", True),
+        ({"billing_scheme": "tiered", "tiers": []}, "price.updated", False),
+        ({"billing_scheme": "per_unit"}, "price.updated", False),
+        ({"billing_scheme": "tiered"}, "price.deleted", False),
+        ({"billing_scheme": "tiered", "deleted": True}, "sync", False),
+    ],
+)
+def test_only_a_live_tiered_price_without_tiers_lacks_them(
+    price: dict[str, object], kind: str, lacking: bool
+) -> None:
+    """A refetch is wanted only for a live tiered price whose payload left tiers out."""
+    assert prices.lacks_tiers({"id": "price_1", "object": "price", **price}, kind=kind) is lacking
+
+
 def test_meter_row() -> None:
     """A billing meter gives event name, formula, payload keys and status."""
     row = meters.to_row(se.meter(formula="last", status="inactive", value_key="n"))
