@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -47,21 +47,25 @@ def preview(
     if compare:
         with connected(ctx) as ms:
             found = ms.compare_invoice(account, subscription=subscription)
-        _print_comparison(found, as_json=as_json)
+        _emit(found.to_dict(), comparison_table(found), comparison_notes(found), as_json=as_json)
         if not found.agree:
             raise typer.Exit(1)
         return
     with connected(ctx) as ms:
         shown = ms.preview_invoice(account, subscription=subscription)
+    notes = [f"note ({line.description}): {line.note}" for line in shown.lines if line.note]
+    notes += [f"note: {note}" for note in shown.notes]
+    _emit(shown.to_dict(), preview_table(shown), notes, as_json=as_json)
+
+
+def _emit(data: dict[str, Any], table: Table, notes: list[str], *, as_json: bool) -> None:
+    """JSON alone, or the table and the notes under it."""
     if as_json:
-        print_json(shown.to_dict())
+        print_json(data)
         return
-    console.print(preview_table(shown))
-    for line in shown.lines:
-        if line.note:
-            console.print(f"note ({line.description}): {line.note}")
-    for note in shown.notes:
-        console.print(f"note: {note}")
+    console.print(table)
+    for note in notes:
+        console.print(note)
 
 
 def preview_table(p: InvoicePreview) -> Table:
@@ -124,21 +128,19 @@ def comparison_table(found: Comparison) -> Table:
     return table
 
 
-def _print_comparison(found: Comparison, *, as_json: bool) -> None:
-    if as_json:
-        print_json(found.to_dict())
-        return
-    console.print(comparison_table(found))
+def comparison_notes(found: Comparison) -> list[str]:
+    """Each line's note and quantity difference, then the verdict."""
+    notes: list[str] = []
     for line in found.lines:
         if line.note:
-            console.print(f"note ({line.description}): {line.note}")
+            notes.append(f"note ({line.description}): {line.note}")
         if line.quantity_differs:
-            console.print(
+            notes.append(
                 f"{line.description}: Stripe holds {line.stripe_quantity}, metersync recorded "
                 f"{line.quantity} (usage still pending, or drift: `metersync reconcile`)"
             )
     verdict = "agree to the cent" if found.agree else "DIFFER"
-    console.print(f"metersync's rating and Stripe's invoice {verdict}")
+    return [*notes, f"metersync's rating and Stripe's invoice {verdict}"]
 
 
 def _num(line: PreviewLine) -> str:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from adapter.domain.price_terms import Tier, parse, quantity_of
+from adapter.domain.price_terms import Terms, Tier, parse, quantity_of
 from adapter.errors import RatingError
 
 ZERO = Decimal(0)
@@ -97,18 +97,10 @@ def rating(price: Mapping[str, Any], quantity: int | Decimal | str) -> Rating:
     return compile_price(price).rating(quantity)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A price, checked and parsed once: rate many quantities with it."""
+class Plan(Terms):
+    """A price, checked and parsed once (its :class:`Terms`): rate many quantities with it."""
 
-    price_id: str | None
-    currency: str | None
-    #: ``per_unit``, ``graduated`` or ``volume``.
-    scheme: str
-    tiers: tuple[Tier, ...]
-    #: Package size and rounding for per-unit prices with ``transform_quantity``.
-    divide_by: int | None = None
-    rounding: str = ROUND_CEILING
+    __slots__ = ()
 
     @property
     def free_units(self) -> Decimal | None:

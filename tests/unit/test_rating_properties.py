@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from adapter import rate
 from adapter.domain.rating import rating
+from tests.price_objects import tiered_price
 
 ZERO = Decimal(0)
 #: The unit-by-unit model walks every unit: keep its quantities (and tier edges) small.
@@ -165,19 +166,7 @@ def tiered_prices(
 ) -> tuple[dict[str, Any], Model]:
     """A tiered Stripe Price object (``mode`` graduated or volume) and its model."""
     raw, tiers = draw(tier_tables(top=top))
-    price = {
-        "id": f"price_{mode}",
-        "object": "price",
-        "currency": "usd",
-        "billing_scheme": "tiered",
-        "tiers_mode": mode,
-        "unit_amount": None,
-        "unit_amount_decimal": None,
-        "transform_quantity": None,
-        "custom_unit_amount": None,
-        "tiers": raw,
-    }
-    return price, Model(mode, tiers)
+    return tiered_price(mode, raw, pid=f"price_{mode}"), Model(mode, tiers)
 
 
 @st.composite
