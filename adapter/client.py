@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from adapter.crediting.ledger import Credits
 from adapter.domain import validation
 from adapter.errors import ConfigurationError, InvalidPeriod, InvalidUsage, MetersyncError
 from adapter.gateway import Gateway
@@ -27,8 +28,9 @@ from adapter.recording.recorder import BatchResult, Receipt, Recorder
 from adapter.store import db
 from adapter.store.allowances import Allowances
 from adapter.store.catalog import Accounts, Meters
+from adapter.store.credits import has_grants
 from adapter.store.models import UsageReport, table, utcnow
-from adapter.store.periods import Periods, store_period
+from adapter.store.periods import Periods, period_now, store_period
 from adapter.store.prices import account_items
 from adapter.store.schedule import ScheduleStore
 from config.settings import Settings
@@ -56,6 +58,10 @@ class Metersync:
         self.periods = Periods(engine)
         #: Units each Stripe price's plan includes, set in metersync (see the preview).
         self.allowances = Allowances(engine)
+        #: Prepaid credit: grant, void, balance (drawn down as usage lands), history.
+        self.credits = Credits(
+            engine, accounts=self.accounts, meters=self.meters, periods=self.periods
+        )
         self._recorder = Recorder(
             engine,
             self.accounts,
@@ -131,15 +137,16 @@ class Metersync:
             return (*validation.period(start, end), "requested")
         if start is not None or end is not None:
             raise InvalidPeriod("give both period_start and period_end, or neither")
-        current = self.periods.current(conn, account_id)
-        if current is not None:
-            return (*current, "billing_period")
-        return (*validation.default_period(utcnow()), "calendar_month")
+        return period_now(conn, self.periods, account_id, utcnow())
 
     def preview_invoice(self, account: str, *, subscription: str | None = None) -> InvoicePreview:
         """The current period's invoice of the account's subscription (the newest one
         Stripe still bills, unless ``subscription`` names one), rated locally: base fees,
         metered lines with allowance, overage and tiers, subtotal and total."""
+        with self.engine.connect() as conn:
+            credited = has_grants(conn, self.accounts.get(account, conn).id)
+        if credited:  # the preview shows the credit drawn up to now
+            self.credits.draw(account)
         with self.engine.connect() as conn:
             return preview_invoice(
                 conn,

@@ -90,6 +90,48 @@ def invoice_preview(
     return ms.preview_invoice(account, subscription=subscription).to_dict()
 
 
+class CreditGrantBody(BaseModel):
+    """``POST /v1/accounts/{account}/credits``: one grant, as ``ms.credits.grant`` takes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    amount: int = Field(description="Minor units of the currency (cents).")
+    currency: str = Field(max_length=3)
+    meters: list[str] = Field(default_factory=list, max_length=100)
+    prices: list[str] = Field(default_factory=list, max_length=100)
+    priority: int = 50
+    category: str = Field(default="paid", max_length=16)
+    effective_at: str | None = Field(default=None, max_length=64)
+    expires_at: str | None = Field(default=None, max_length=64)
+    reason: str = Field(default="", max_length=500)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+
+
+@router.get("/accounts/{account}/credits")
+def account_credits(request: Request, account: str, _actor: OpsActor) -> dict[str, Any]:
+    """Credit left now (drawn down to the usage recorded so far) and every grant."""
+    return app_state(request).metersync().credits.balance(account).to_dict()
+
+
+@router.post("/accounts/{account}/credits", status_code=201)
+async def grant_credits(request: Request, account: str, actor: OpsActor) -> dict[str, Any]:
+    """Load credit to ``account``; audited as ``actor``. A repeated idempotency key
+    answers the first grant and loads nothing."""
+    data = parse_json(await read_body(request, limit=SCHEDULE_MAX_BODY))
+    try:
+        body = CreditGrantBody.model_validate(data)
+    except ValidationError as exc:
+        raise Unprocessable(describe_validation(exc.errors())) from None
+    ms = app_state(request).metersync()
+    options = body.model_dump(exclude={"amount", "currency"})
+    grant = await run_in_threadpool(
+        lambda: ms.credits.grant(
+            account, body.amount, currency=body.currency, actor=actor, **options
+        )
+    )
+    return grant.to_dict()
+
+
 def invoice_period(ms: Metersync, account: str, invoice: str) -> tuple[datetime, datetime]:
     """The usage period of a mirrored invoice of ``account``'s Stripe customer."""
     customer = ms.accounts.get(account).stripe_customer_id  # UnknownAccount → 404

@@ -11,6 +11,7 @@ import typer
 
 from adapter.cli import (
     accounts,
+    credits,
     db,
     demo,
     explain,
@@ -50,6 +51,7 @@ app.add_typer(schedule.app, name="schedule")
 app.command("usage")(usage.usage)
 app.command("preview")(preview.preview)
 app.add_typer(prices.app, name="prices")
+app.add_typer(credits.app, name="credits")
 app.add_typer(reports.report_app, name="report")
 app.command("reports")(reports.list_reports)
 app.command("retry")(reports.retry)

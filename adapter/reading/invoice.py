@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
 
-from adapter.domain import validation
 from adapter.errors import NoSubscription
 from adapter.reading.preview import InvoicePreview, PreviewLine, base_fee_line, metered_line
 from adapter.reading.pricing import meter_prices
 from adapter.reading.usage import read_usage
 from adapter.store.catalog import AccountInfo, MeterInfo
-from adapter.store.periods import Periods
+from adapter.store.credits import drawn_for_period
+from adapter.store.periods import Periods, period_now
 from adapter.store.prices import PricedItem, account_items
 
 
@@ -41,6 +42,7 @@ def preview_invoice(  # noqa: PLR0913  keyword-only inputs, each its own fact
     usage = read_usage(conn, account_id=account.id, meters=meters, start=start, end=end)
     priced = meter_prices(conn, account.id, meters, items=items)
     by_stripe_meter = {p.stripe_meter_id: p for p in priced.values() if p.stripe_meter_id}
+    credited = drawn_for_period(conn, account.id, start)
     lines: list[PreviewLine] = []
     # Base fees first, then metered lines, as Stripe's invoice lists them.
     for item in sorted(items, key=lambda i: (i.metered, i.item_id)):
@@ -48,15 +50,17 @@ def preview_invoice(  # noqa: PLR0913  keyword-only inputs, each its own fact
             lines.append(base_fee_line(item))
             continue
         found = by_stripe_meter.get(item.stripe_meter_id or "")
-        lines.append(
-            metered_line(
-                item,
-                found,
-                usage.get(found.meter.name) if found is not None else None,
-                free=account.free,
-                allowance=allowances.get(item.price_id or ""),
-            )
+        line = metered_line(
+            item,
+            found,
+            usage.get(found.meter.name) if found is not None else None,
+            free=account.free,
+            allowance=allowances.get(item.price_id or ""),
         )
+        if found is not None and line.amount is not None:
+            drawn = sum(amount for _, amount in credited.get(found.meter.id, []))
+            line = replace(line, credits=min(drawn, line.amount))
+        lines.append(line)
     currencies = {i.price.get("currency") for i in items if i.price is not None}
     notes: tuple[str, ...] = ()
     if len(currencies) > 1:
@@ -93,10 +97,7 @@ def _period(
     for item in items:
         if item.period_start and item.period_end:
             return item.period_start, item.period_end, "subscription"
-    current = periods.current(conn, account.id)
-    if current is not None:
-        return (*current, "billing_period")
-    return (*validation.default_period(now), "calendar_month")
+    return period_now(conn, periods, account.id, now)
 
 
 def _no_subscription(account: AccountInfo, subscription: str | None) -> str:

@@ -42,6 +42,13 @@ class PreviewLine:
     overage_amount: int | None = None
     rating: Rating | None = None
     note: str | None = None
+    #: Prepaid credit drawn for this line's usage in the period (minor units).
+    credits: int = 0
+
+    @property
+    def due(self) -> int | None:
+        """What is left to pay after credits: the overage Stripe bills at cycle end."""
+        return None if self.amount is None else self.amount - self.credits
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: decimals as strings, amounts as integers of minor units."""
@@ -57,6 +64,8 @@ class PreviewLine:
             "overage": text(self.overage),
             "amount": self.amount,
             "overage_amount": self.overage_amount,
+            "credits": self.credits,
+            "due": self.due,
             "tiers": self.rating.to_dict()["bands"] if self.rating is not None else [],
             "note": self.note,
         }
@@ -83,9 +92,14 @@ class InvoicePreview:
         return sum(line.amount for line in self.lines if line.amount is not None)
 
     @property
+    def credits(self) -> int:
+        """Prepaid credit drawn for the period's usage (see ``ms.credits``)."""
+        return sum(line.credits for line in self.lines)
+
+    @property
     def total(self) -> int:
-        """The subtotal (discounts, taxes and credits are not applied yet)."""
-        return self.subtotal
+        """The subtotal less credits applied (discounts and taxes are not applied)."""
+        return self.subtotal - self.credits
 
     @property
     def complete(self) -> bool:
@@ -105,6 +119,7 @@ class InvoicePreview:
             "generated_at": self.generated_at.isoformat() if self.generated_at else None,
             "lines": [line.to_dict() for line in self.lines],
             "subtotal": self.subtotal,
+            "credits": self.credits,
             "total": self.total,
             "complete": self.complete,
             "notes": list(self.notes),
@@ -164,7 +179,8 @@ def _with_allowance(
             f"allowance {allowance} is set in metersync, but Stripe's price "
             f"gives {free_units or 0} units free: Stripe bills the rest"
         )
-    quantity = found.billed_quantity
+    # Units, as Stripe's line and the allowance count them (not packages: the bands do).
+    quantity = found.quantity
     if included is None:
         overage, overage_amount = quantity, found.amount
     else:

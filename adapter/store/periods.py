@@ -153,3 +153,14 @@ def latest_period(conn: sa.Connection, account_id: int) -> Period | None:
         .limit(1)
     ).first()
     return None if row is None else (row.period_start, row.period_end)
+
+
+def period_now(
+    conn: sa.Connection, periods: Periods, account_id: int, now: datetime
+) -> tuple[datetime, datetime, str]:
+    """The account's billing period at ``now`` with where it came from: the mirror's
+    (``billing_period``), else the calendar month (``calendar_month``)."""
+    current = periods.current(conn, account_id)
+    if current is not None:
+        return (*current, "billing_period")
+    return (*validation.default_period(now), "calendar_month")

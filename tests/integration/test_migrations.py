@@ -21,6 +21,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import adapter
+import adapter.store.credit_models
 import adapter.store.mirror_models  # registers the mirror tables in SQLModel.metadata
 from adapter.errors import MetersyncError, SchemaOutOfDate
 from adapter.store import db
@@ -41,6 +42,8 @@ TABLES = {
     "schedule",
     "audit_log",
     "price_allowance",
+    "credit_grant",
+    "credit_entry",
     "stripe_customer",
     "subscription",
     "subscription_item",

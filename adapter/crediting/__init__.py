@@ -1,0 +1,1 @@
+"""Prepaid credits: the ledger API (``ms.credits``) and drawdown as usage is rated."""

@@ -1,0 +1,136 @@
+"""Drawing prepaid credit down as usage is rated.
+
+For the account's current billing period, each meter's cost so far (its usage rated by
+the subscription's price, :mod:`adapter.reading.pricing`) is compared with the credit
+already drawn for that meter and period: the difference is drawn from the grants that
+cover it (:func:`adapter.domain.credits.allocate`), or, when the cost fell, released back.
+So the credit drawn for a period always equals the cost it covers, as far as the balance
+goes, however often drawdown runs; running it twice draws nothing the second time.
+
+One drawdown per account at a time: on PostgreSQL the account row is locked for the
+transaction, so processes drawing at once queue and each sees what the last one drew;
+no grant is ever drawn below zero. Grants past their expiry first lose what is left (an
+``expiry`` entry at the expiry time), so they cover nothing after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from adapter.domain.credits import GrantState, allocate, release
+from adapter.reading.pricing import priced_usage
+from adapter.reading.usage import read_usage
+from adapter.store.catalog import AccountInfo, MeterInfo
+from adapter.store.credits import add_entries, drawn_for_period, grant_rows, states
+from adapter.store.models import Account, table
+from adapter.store.periods import Periods, period_now
+
+_ACCOUNTS = table(Account)
+
+
+@dataclass(frozen=True, slots=True)
+class Drawdown:
+    """What one drawdown did: credit drawn and released per meter, and grants expired."""
+
+    account: str
+    period_start: datetime
+    period_end: datetime
+    drawn: dict[str, int] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
+    expired: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was written."""
+        return bool(self.drawn or self.released or self.expired)
+
+
+def draw_down(
+    conn: sa.Connection,
+    *,
+    account: AccountInfo,
+    meters: Sequence[MeterInfo],
+    periods: Periods,
+    now: datetime,
+) -> Drawdown:
+    """Bring the account's credit ledger up to its usage, on ``conn`` (one transaction)."""
+    _lock(conn, account.id)
+    start, end, _source = period_now(conn, periods, account.id, now)
+    grants = states(grant_rows(conn, account.id))
+    entries: list[dict[str, Any]] = []
+    grants, expired = _expire(grants, now=now, account_id=account.id, into=entries)
+    result = Drawdown(account.name, start, end, expired=expired)
+    if grants:
+        usage = read_usage(conn, account_id=account.id, meters=meters, start=start, end=end)
+        usage = priced_usage(conn, account.id, meters, usage, free=account.free)
+        drawn = drawn_for_period(conn, account.id, start)
+        base = {"account_id": account.id, "period_start": start, "at": now, "actor": "drawdown"}
+        for meter in sorted(meters, key=lambda m: m.id):
+            used = usage.get(meter.name)
+            if used is None or used.amount is None or used.currency is None:
+                continue
+            taken = drawn.get(meter.id, [])
+            delta = used.amount - sum(amount for _, amount in taken)
+            if delta > 0:
+                pairs = allocate(
+                    delta, grants, at=now, currency=used.currency, meter=meter.name,
+                    price=used.price,
+                )  # fmt: skip
+                grants = _spend(grants, pairs)
+                kind, sign, into = "drawdown", -1, result.drawn
+            elif delta < 0:
+                pairs = release(-delta, taken)
+                grants = _spend(grants, [(g, -a) for g, a in pairs])
+                kind, sign, into = "release", 1, result.released
+            else:
+                continue
+            for grant_id, amount in pairs:
+                entries.append(
+                    base | {"grant_id": grant_id, "kind": kind, "amount": sign * amount,
+                            "meter_id": meter.id, "note": used.price or ""}
+                )  # fmt: skip
+            if pairs:
+                into[meter.name] = sum(a for _, a in pairs)
+    add_entries(conn, entries)
+    return result
+
+
+def _lock(conn: sa.Connection, account_id: int) -> None:
+    """Serialise drawdowns of one account (PostgreSQL row lock; SQLite has one writer)."""
+    query = sa.select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.id == account_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    conn.execute(query).one()
+
+
+def _expire(
+    grants: list[GrantState], *, now: datetime, account_id: int, into: list[dict[str, Any]]
+) -> tuple[list[GrantState], int]:
+    """Write off what expired grants have left; the grants after it, and how many expired."""
+    kept: list[GrantState] = []
+    count = 0
+    for grant in grants:
+        lapsed = grant.expires_at is not None and grant.expires_at <= now
+        if lapsed and grant.remaining > 0 and not grant.voided:
+            into.append(
+                {"grant_id": grant.id, "account_id": account_id, "kind": "expiry",
+                 "amount": -grant.remaining, "at": grant.expires_at, "actor": "drawdown",
+                 "note": "expired with credit left", "meter_id": None, "period_start": None}
+            )  # fmt: skip
+            grant = replace(grant, remaining=0)
+            count += 1
+        kept.append(grant)
+    return kept, count
+
+
+def _spend(grants: list[GrantState], pairs: Sequence[tuple[int, int]]) -> list[GrantState]:
+    """The grants after taking ``pairs`` (negative amounts give back)."""
+    taken: dict[int, int] = {}
+    for grant_id, amount in pairs:
+        taken[grant_id] = taken.get(grant_id, 0) + amount
+    return [replace(g, remaining=g.remaining - taken.get(g.id, 0)) for g in grants]

@@ -1,0 +1,221 @@
+"""``ms.credits``: load prepaid credit, void it, and see the balance and its history.
+
+Every read of the balance first draws the account's credit down to its usage (see
+:mod:`adapter.crediting.drawdown`), so it is current to the last recorded event; the
+scheduler also draws every account with grants on each tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from adapter.crediting.drawdown import Drawdown, draw_down
+from adapter.domain import validation
+from adapter.domain.credits import PRIORITY_DEFAULT, check_grant
+from adapter.errors import InvalidUsage
+from adapter.store.catalog import Accounts, Meters
+from adapter.store.credit_models import CreditEntry, CreditGrant
+from adapter.store.credits import Entry, Grant, entries_of, grant_of, grant_rows
+from adapter.store.models import AuditLog, table, utcnow
+from adapter.store.periods import Periods
+
+_GRANTS, _ENTRIES, _AUDIT = table(CreditGrant), table(CreditEntry), table(AuditLog)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """Credit an account has left now, per currency, and its grants."""
+
+    account: str
+    as_of: datetime
+    #: Usable now, per currency (grants in effect, not expired or voided).
+    available: dict[str, int]
+    #: Granted but not yet in effect, per currency.
+    scheduled: dict[str, int]
+    grants: tuple[Grant, ...] = ()
+
+    @property
+    def currency(self) -> str | None:
+        """The currency of the account's credit (``None`` with none, or several)."""
+        found = set(self.available) | set(self.scheduled)
+        return found.pop() if len(found) == 1 else None
+
+    @property
+    def amount(self) -> int:
+        """Usable credit now, in minor units (of :attr:`currency`; summed if several)."""
+        return sum(self.available.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "account": self.account,
+            "as_of": self.as_of.isoformat(),
+            "currency": self.currency,
+            "amount": self.amount,
+            "available": dict(self.available),
+            "scheduled": dict(self.scheduled),
+            "grants": [g.to_dict() for g in self.grants],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """An account's grants and ledger entries, newest entries first."""
+
+    account: str
+    grants: tuple[Grant, ...]
+    entries: tuple[Entry, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "account": self.account,
+            "grants": [g.to_dict() for g in self.grants],
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+
+class Credits:
+    """The credit ledger of one database."""
+
+    def __init__(
+        self, engine: sa.Engine, *, accounts: Accounts, meters: Meters, periods: Periods
+    ) -> None:
+        self._engine = engine
+        self._accounts, self._meters, self._periods = accounts, meters, periods
+
+    def grant(  # noqa: PLR0913  public API: independent keyword options of one grant
+        self,
+        account: str,
+        amount: int,
+        *,
+        currency: str,
+        meters: Sequence[str] = (),
+        prices: Sequence[str] = (),
+        priority: int = PRIORITY_DEFAULT,
+        category: str = "paid",
+        effective_at: object = None,
+        expires_at: object = None,
+        reason: str = "",
+        idempotency_key: str | None = None,
+        actor: str = "api",
+    ) -> Grant:
+        """Load ``amount`` minor units of ``currency`` to ``account``: for all its metered
+        prices, or only ``meters`` or ``prices``. A repeated ``idempotency_key`` returns the
+        first grant and loads nothing."""
+        if meters and prices:
+            raise InvalidUsage("a grant covers named meters or named prices, not both")
+        scope = "meters" if meters else "prices" if prices else "all"
+        targets = sorted(set(meters or prices))
+        now = utcnow()
+        start = (
+            now if effective_at is None else validation.to_utc(effective_at, field="effective_at")
+        )
+        end = None if expires_at is None else validation.to_utc(expires_at, field="expires_at")
+        amount, currency = check_grant(
+            amount=amount, currency=currency, priority=priority, category=category,
+            scope=scope, targets=targets, effective_at=start, expires_at=end,
+        )  # fmt: skip
+        key = validation.idempotency_key(idempotency_key)
+        with self._engine.begin() as conn:
+            info = self._accounts.get(account, conn)
+            if scope == "meters":
+                known = self._meters.resolve(conn, targets)
+                missing = [m for m in targets if m not in known]
+                if missing:
+                    raise self._meters.unknown(missing[0], conn)
+            if key is not None:
+                found = conn.execute(
+                    sa.select(_GRANTS.c.id).where(
+                        _GRANTS.c.account_id == info.id, _GRANTS.c.idempotency_key == key
+                    )
+                ).scalar_one_or_none()
+                if found is not None:
+                    return self._grant(conn, info.id, found)
+            grant_id = conn.execute(
+                _GRANTS.insert()
+                .values(
+                    account_id=info.id, amount=amount, currency=currency, scope=scope,
+                    targets=targets, priority=priority, category=category, effective_at=start,
+                    expires_at=end, reason=reason[:500], idempotency_key=key, created_at=now,
+                    created_by=actor, stripe_status="pending", meta={},
+                )
+                .returning(_GRANTS.c.id)
+            ).scalar_one()  # fmt: skip
+            _audit(conn, actor, "credit.grant", account, {"grant": grant_id, "amount": amount})
+            return self._grant(conn, info.id, grant_id)
+
+    def void(self, grant_id: int, *, reason: str = "", actor: str = "api") -> Grant:
+        """Cancel what is left of a grant (an append-only ``void`` entry)."""
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                sa.select(_GRANTS.c.account_id).where(_GRANTS.c.id == grant_id)
+            ).first()
+            if row is None:
+                raise InvalidUsage(f"no credit grant {grant_id}; see `metersync credits history`")
+            current = self._grant(conn, row.account_id, grant_id)
+            if current.status == "voided":
+                raise InvalidUsage(f"credit grant {grant_id} is already voided")
+            conn.execute(
+                _ENTRIES.insert().values(
+                    grant_id=grant_id, account_id=row.account_id, kind="void",
+                    amount=-current.remaining, at=utcnow(), actor=actor, note=reason[:500],
+                )
+            )  # fmt: skip
+            _audit(conn, actor, "credit.void", str(grant_id), {"left": current.remaining})
+            return self._grant(conn, row.account_id, grant_id)
+
+    def draw(self, account: str) -> Drawdown:
+        """Draw the account's credit down to its usage now (the scheduler does this too)."""
+        with self._engine.begin() as conn:
+            info = self._accounts.get(account, conn)
+            return draw_down(
+                conn, account=info, meters=self._meters.all(conn), periods=self._periods,
+                now=utcnow(),
+            )  # fmt: skip
+
+    def balance(self, account: str) -> Balance:
+        """Credit left now, after drawing down the usage recorded so far."""
+        with self._engine.begin() as conn:
+            info = self._accounts.get(account, conn)
+            now = utcnow()
+            draw_down(
+                conn, account=info, meters=self._meters.all(conn), periods=self._periods, now=now
+            )
+            grants = [grant_of(r, now=now) for r in grant_rows(conn, info.id)]
+        available: dict[str, int] = {}
+        scheduled: dict[str, int] = {}
+        for g in grants:
+            into = available if g.status in ("active", "used") else scheduled
+            if g.status in ("active", "used", "scheduled"):
+                into[g.currency] = into.get(g.currency, 0) + g.remaining
+        return Balance(account, now, available, scheduled, tuple(grants))
+
+    def history(self, account: str, *, limit: int = 1000) -> History:
+        """The account's grants and its newest ledger entries."""
+        with self._engine.connect() as conn:
+            info = self._accounts.get(account, conn)
+            now = utcnow()
+            grants = tuple(grant_of(r, now=now) for r in grant_rows(conn, info.id))
+            entries = tuple(entries_of(conn, info.id, limit=limit))
+        return History(account, grants, entries)
+
+    @staticmethod
+    def _grant(conn: sa.Connection, account_id: int, grant_id: int) -> Grant:
+        rows = [r for r in grant_rows(conn, account_id) if r.id == grant_id]
+        return grant_of(rows[0], now=utcnow())
+
+
+def _audit(
+    conn: sa.Connection, actor: str, action: str, subject: str, detail: dict[str, Any]
+) -> None:
+    conn.execute(
+        _AUDIT.insert().values(
+            at=utcnow(), actor=actor, action=action, subject=subject, detail=detail
+        )
+    )
