@@ -13,6 +13,8 @@ RECONCILE_SCHEDULE = "every 1d"
 RECONCILE_SETTLE_SECONDS = 600
 #: Summary reads reconcile keeps in flight at once (each still waits for the read pace).
 RECONCILE_CONCURRENCY = 8
+#: Seconds between the scheduler's credit drawdowns (and alert checks).
+CREDIT_INTERVAL = 10.0
 #: Meter used when a call names none; created as a ``sum`` meter on first use.
 DEFAULT_METER = "usage"
 #: Stripe refuses meter events more than this far in the future.

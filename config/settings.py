@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     reconcile_read_rate: float | None = Field(default=None, gt=0)
     #: Summary reads reconcile keeps in flight at once, inside that pace.
     reconcile_concurrency: int = Field(default=defaults.RECONCILE_CONCURRENCY, ge=1, le=64)
+    #: Seconds between the scheduler's drawdowns of every account with credit (and its
+    #: alert checks): the most a balance seen without asking for it lags behind usage.
+    credit_interval: float = Field(default=defaults.CREDIT_INTERVAL, gt=0, le=3600)
 
     @property
     def webhook_secrets(self) -> list[str]:

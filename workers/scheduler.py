@@ -11,6 +11,8 @@ enqueues pushes.
   windows keep following the expression.
 - **Catch-up.** After downtime the scheduler ticks once for the latest due tick, not
   once per missed tick: closing is by window end, so one tick closes everything due.
+- **Credit.** Every ``METERSYNC_CREDIT_INTERVAL`` seconds the leader draws down the
+  credit of every account that has some (see :mod:`workers.credit_ticks`).
 - **One leader.** A Redis lock lets only one of several schedulers act; the others wait
   to take over.
 """
@@ -31,6 +33,7 @@ from adapter.pushing.outbox import claim_for_push, close_reports
 from adapter.store import unlinked
 from adapter.store.models import utcnow
 from workers.actors import Actors, stale_deliveries
+from workers.credit_ticks import CreditTicker
 from workers.reconcile_schedule import ReconcileTicker
 
 log = structlog.get_logger("metersync.scheduler")
@@ -75,6 +78,7 @@ class Scheduler:
         )
         self._last_tick: datetime | None = None
         self._reconcile = ReconcileTicker(ms, actors, clock=clock)
+        self._credits = CreditTicker(ms)
 
     def run_once(self) -> Tick | None:
         """Tick if a tick is due, this scheduler leads and the schedule runs."""
@@ -107,6 +111,7 @@ class Scheduler:
             except Exception:  # a failed tick is logged and tried again on the next loop
                 log.exception("scheduler.tick_failed")
             self.reconcile_once()
+            self.credits_once()
             stop.wait(POLL_SECONDS)
         if self._lock is not None and self._lock.owned():
             self._lock.release()
@@ -118,6 +123,15 @@ class Scheduler:
             return self._reconcile.run_once() if self._leading() else None
         except Exception:  # logged and tried again on the next loop
             log.exception("scheduler.reconcile_failed")
+            return None
+
+    def credits_once(self) -> int | None:
+        """Draw down every account with credit when the credit interval passed and this
+        scheduler leads (see :mod:`workers.credit_ticks`)."""
+        try:
+            return self._credits.run_once() if self._leading() else None
+        except Exception:  # logged and tried again on the next loop
+            log.exception("scheduler.credits_failed")
             return None
 
     def _leading(self) -> bool:

@@ -11,9 +11,10 @@ import sqlalchemy as sa
 
 from adapter.domain.credits import GrantState
 from adapter.store.credit_models import CreditEntry, CreditGrant
-from adapter.store.models import Meter, table
+from adapter.store.models import Account, Meter, table
 
 _GRANTS, _ENTRIES, _METERS = table(CreditGrant), table(CreditEntry), table(Meter)
+_ACCOUNTS = table(Account)
 #: Entry kinds; all but ``release`` take from the grant.
 KINDS = ("drawdown", "release", "void", "expiry")
 
@@ -192,7 +193,11 @@ def has_grants(conn: sa.Connection, account_id: int) -> bool:
     return found is not None
 
 
-def accounts_with_grants(conn: sa.Connection) -> list[int]:
-    """Accounts that have a grant, for the periodic drawdown."""
-    rows = conn.execute(sa.select(_GRANTS.c.account_id).distinct().order_by(_GRANTS.c.account_id))
-    return [int(r) for r in rows.scalars()]
+def accounts_with_grants(conn: sa.Connection) -> list[str]:
+    """Names of the accounts that have a grant, for the periodic drawdown."""
+    query = (
+        sa.select(_ACCOUNTS.c.name)
+        .where(sa.exists().where(_GRANTS.c.account_id == _ACCOUNTS.c.id))
+        .order_by(_ACCOUNTS.c.name)
+    )
+    return list(conn.execute(query).scalars())

@@ -18,6 +18,7 @@ from tests import stripe_events as se
 from tests.billing_world import API, BASE, NOW, mirror
 from tests.integration.test_http_api import AUTH, make_client
 from tests.mirror_helpers import clear_mirror, deliver, link_meter
+from workers.credit_ticks import CreditTicker
 
 _GRANTS, _ENTRIES = table(CreditGrant), table(CreditEntry)
 HOUR_AGO = NOW - timedelta(hours=1)
@@ -213,3 +214,20 @@ def test_http_credits(billed: Metersync) -> None:
     assert created.json()["created_by"].startswith("api")
     assert bad.status_code == 422
     assert (shown["amount"], shown["currency"]) == (24500, "usd")
+
+
+def test_the_scheduler_draws_every_account_once_per_interval(billed: Metersync) -> None:
+    """CreditTicker draws accounts with grants when the interval passed, not before."""
+    clock = [100.0]
+    ticker = CreditTicker(billed, monotonic=lambda: clock[0])
+    billed.credits.grant("acct_1", 50000, currency="usd")
+    assert ticker.run_once() == 1
+    assert [e.amount for e in _entries(billed)] == [-25500]
+    billed.increment("acct_1", 1000, meter="api_calls", timestamp=HOUR_AGO)
+    clock[0] += billed.settings.credit_interval / 2
+    assert ticker.run_once() is None  # not yet: the interval has not passed
+    clock[0] += billed.settings.credit_interval
+    assert ticker.run_once() == 1
+    assert [e.amount for e in _entries(billed)] == [-25500, -1500]
+    clock[0] += billed.settings.credit_interval
+    assert ticker.run_once() == 0  # nothing new to draw
