@@ -7,6 +7,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 # Imported for their side effect: each registers its tables on SQLModel.metadata.
+import adapter.store.alert_models
 import adapter.store.credit_models
 import adapter.store.mirror_models
 import adapter.store.models

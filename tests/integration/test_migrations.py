@@ -21,6 +21,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import adapter
+import adapter.store.alert_models
 import adapter.store.credit_models
 import adapter.store.mirror_models  # registers the mirror tables in SQLModel.metadata
 from adapter.errors import MetersyncError, SchemaOutOfDate
@@ -44,6 +45,9 @@ TABLES = {
     "price_allowance",
     "credit_grant",
     "credit_entry",
+    "alert",
+    "alert_firing",
+    "alert_delivery",
     "stripe_customer",
     "subscription",
     "subscription_item",
