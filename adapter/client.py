@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from adapter.alerting.rules import Alerts
 from adapter.crediting.ledger import Credits
 from adapter.domain import validation
 from adapter.errors import ConfigurationError, InvalidPeriod, InvalidUsage, MetersyncError
@@ -62,6 +63,11 @@ class Metersync:
         self.credits = Credits(
             engine, accounts=self.accounts, meters=self.meters, periods=self.periods
         )
+        #: Thresholds on usage, cost or credit balance, fired once per period per crossing.
+        self.alerts = Alerts(
+            engine, accounts=self.accounts, meters=self.meters, periods=self.periods,
+            credits=self.credits, default_url=lambda: getattr(settings, "alert_webhook_url", None),
+        )  # fmt: skip
         self._recorder = Recorder(
             engine,
             self.accounts,

@@ -18,6 +18,7 @@ import dramatiq
 import sqlalchemy as sa
 import structlog
 
+from adapter.alerting.evaluate import Fired
 from adapter.client import Metersync
 from adapter.gateway import TransientError
 from adapter.mirror.process import process_delivery
@@ -141,6 +142,11 @@ class Jobs:
             raise dramatiq.Retry(str(stopped)) from None
 
 
+#: Where the alert hook's messages go, and the actor name an app declares to receive them.
+ALERT_QUEUE = "metersync_alerts"
+ALERT_ACTOR = "alert_fired"
+
+
 class Actors:
     """The actors bound to one broker and one metersync connection: the methods of
     :class:`Jobs`, declared on ``handle``'s broker (nothing global is touched)."""
@@ -184,6 +190,17 @@ class Actors:
             if report_id in pairs:
                 self.push_report.send(report_id, *pairs[report_id])
         return len(pairs)
+
+    def alert_fired(self, fired: Fired) -> None:
+        """The alert hook: a message for the actor :data:`ALERT_ACTOR` on
+        :data:`ALERT_QUEUE`, carrying ``fired.to_dict()``. Apps subscribe by declaring an
+        actor of that name on that queue in their own Dramatiq worker."""
+        self.broker.enqueue(
+            dramatiq.Message(
+                queue_name=ALERT_QUEUE, actor_name=ALERT_ACTOR, args=(fired.to_dict(),),
+                kwargs={}, options={},
+            )
+        )  # fmt: skip
 
     def enqueue_deliveries(self, delivery_ids: Iterable[int]) -> int:
         """Hand stored webhook deliveries to workers."""

@@ -1,7 +1,8 @@
 """The scheduler's credit tick: every ``METERSYNC_CREDIT_INTERVAL`` seconds (default 10)
-the leading scheduler draws down every account that has credit, so balances, alerts on
-them and what is pushed to Stripe lag usage by at most that long. ``ms.credits.balance``
-draws the account it is asked about itself, so what a caller reads is always current.
+the leading scheduler draws down every account that has credit and checks every alert,
+so balances, alerts and what is pushed to Stripe lag usage by at most that long.
+``ms.credits.balance`` draws the account it is asked about itself, so what a caller reads
+is always current.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import structlog
 
+from adapter.alerting.evaluate import Fired
 from adapter.client import Metersync
 from adapter.store.credits import accounts_with_grants
 
@@ -20,13 +22,20 @@ log = structlog.get_logger("metersync.scheduler")
 class CreditTicker:
     """Draws down every account with grants once per interval."""
 
-    def __init__(self, ms: Metersync, *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._ms, self._monotonic = ms, monotonic
+    def __init__(
+        self,
+        ms: Metersync,
+        *,
+        on_fire: Callable[[Fired], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ms, self._monotonic, self._on_fire = ms, monotonic, on_fire
         self._interval = ms.settings.credit_interval
         self._next = float("-inf")
 
     def run_once(self) -> int | None:
-        """Draw every account with grants if the interval passed; how many changed."""
+        """Draw every account with grants if the interval passed, then check the alerts
+        (a firing calls ``on_fire``: the Dramatiq hook); how many accounts changed."""
         now = self._monotonic()
         if now < self._next:
             return None
@@ -42,4 +51,5 @@ class CreditTicker:
                     "credits.drawn", account=name, drawn=result.drawn,
                     released=result.released, expired=result.expired,
                 )  # fmt: skip
+        self._ms.alerts.check(on_fire=self._on_fire)
         return changed

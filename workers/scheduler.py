@@ -78,7 +78,7 @@ class Scheduler:
         )
         self._last_tick: datetime | None = None
         self._reconcile = ReconcileTicker(ms, actors, clock=clock)
-        self._credits = CreditTicker(ms)
+        self._credits = CreditTicker(ms, on_fire=actors.alert_fired)
 
     def run_once(self) -> Tick | None:
         """Tick if a tick is due, this scheduler leads and the schedule runs."""
