@@ -11,6 +11,7 @@ import typer
 
 from adapter.cli import (
     accounts,
+    alerts,
     credits,
     db,
     demo,
@@ -52,6 +53,7 @@ app.command("usage")(usage.usage)
 app.command("preview")(preview.preview)
 app.add_typer(prices.app, name="prices")
 app.add_typer(credits.app, name="credits")
+app.add_typer(alerts.app, name="alerts")
 app.add_typer(reports.report_app, name="report")
 app.command("reports")(reports.list_reports)
 app.command("retry")(reports.retry)
