@@ -104,7 +104,8 @@ def history(
     currency = {g.id: g.currency for g in found.grants}
     table = Table(title=f"Ledger of {account}, newest first")
     for name in ("entry", "grant", "kind", "amount", "meter", "at (UTC)", "by"):
-        table.add_column(name, justify="right" if name in ("entry", "grant", "amount") else "left")
+        numeric = name in ("entry", "grant", "amount")
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
     for e in found.entries:
         table.add_row(
             str(e.id), str(e.grant_id), e.kind, format_amount(e.amount, currency.get(e.grant_id)),
@@ -129,9 +130,8 @@ def grants_table(grants: tuple[Grant, ...]) -> Table:
     """One row per grant: amount, what is left, status, scope, priority, expiry."""
     table = Table(title="Credit grants")
     for name in ("grant", "amount", "left", "status", "covers", "prio", "expires", "Stripe"):
-        table.add_column(
-            name, justify="right" if name in ("grant", "amount", "left", "prio") else "left"
-        )
+        numeric = name in ("grant", "amount", "left", "prio")
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
     for g in grants:
         table.add_row(
             str(g.id), format_amount(g.amount, g.currency), format_amount(g.remaining, g.currency),
