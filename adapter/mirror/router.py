@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from adapter.mirror import customers, invoices, meters, prices, subscriptions
+from adapter.mirror import alerts, customers, invoices, meters, prices, subscriptions
 from adapter.mirror.context import Apply
 
 
@@ -51,6 +51,7 @@ HANDLERS: dict[str, Handler] = {
         f"billing.meter.{e}": meters.apply
         for e in ("created", "updated", "deactivated", "reactivated")
     },
+    "billing.alert.triggered": alerts.apply,
 }
 
 #: Stripe ``object`` name → handler, for objects read by ``metersync sync``.

@@ -15,8 +15,9 @@ from adapter.errors import InvalidUsage, UnknownMeter
 from adapter.store.alert_models import Alert, AlertDelivery, AlertFiring
 from adapter.store.credit_models import CreditEntry, CreditGrant
 from adapter.store.models import table
+from tests import stripe_events as se
 from tests.billing_world import API, BASE, NOW, mirror
-from tests.mirror_helpers import clear_mirror, link_meter
+from tests.mirror_helpers import clear_mirror, deliver, link_meter
 
 _TABLES = [table(m) for m in (AlertDelivery, AlertFiring, Alert, CreditEntry, CreditGrant)]
 HOUR_AGO = NOW - timedelta(hours=1)
@@ -171,3 +172,30 @@ def test_concurrent_checks_fire_exactly_once(billed: Metersync) -> None:
     assert errors == []
     assert sum(len(r) for r in results) == 1
     assert len(_firings(billed)) == 1
+
+
+def _stripe_alert_event(event_id: str) -> dict[str, object]:
+    """A billing.alert.triggered event for cus_123 (Stripe's billing.alert_triggered object)."""
+    alert = {
+        "id": "alrt_1", "object": "billing.alert", "alert_type": "usage_threshold",
+        "title": "API calls over 12k", "status": "active", "livemode": False,
+        "usage_threshold": {"gte": 12000, "meter": "mtr_api", "recurrence": "one_time"},
+    }  # fmt: skip
+    obj = {"object": "billing.alert_triggered", "alert": alert, "created": 1_767_225_600,
+           "customer": "cus_123", "livemode": False, "value": 12500}  # fmt: skip
+    return se.event("billing.alert.triggered", obj, created=int(NOW.timestamp()), id=event_id)
+
+
+def test_stripe_alerts_are_shown_beside_local_ones(billed: Metersync) -> None:
+    """A billing.alert.triggered event is kept once as a Stripe firing of the linked account."""
+    billed.alerts.add("10k", metric="usage", threshold=10000, meter="api_calls")
+    billed.alerts.check()
+    event = _stripe_alert_event("evt_alert_1")
+    assert deliver(billed, event).status == "processed"
+    deliver(billed, event)  # the same event again: nothing new
+    history = billed.alerts.history(account="acct_1")
+    assert [(f.source, f.stripe_alert_id, f.value) for f in history] == [
+        ("stripe", "alrt_1", 12500),
+        ("local", None, 15000),
+    ]
+    assert history[0].threshold == 12000
