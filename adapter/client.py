@@ -61,8 +61,9 @@ class Metersync:
         self.allowances = Allowances(engine)
         #: Prepaid credit: grant, void, balance (drawn down as usage lands), history.
         self.credits = Credits(
-            engine, accounts=self.accounts, meters=self.meters, periods=self.periods
-        )
+            engine, accounts=self.accounts, meters=self.meters, periods=self.periods,
+            gateway=self.gateway,
+        )  # fmt: skip
         #: Thresholds on usage, cost or credit balance, fired once per period per crossing.
         self.alerts = Alerts(
             engine, accounts=self.accounts, meters=self.meters, periods=self.periods,

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config import defaults
 
+#: Fewest characters an alert webhook signing secret may have.
+MIN_SECRET = 16
+_HOW_TO_MAKE_ONE = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
 
 class Settings(BaseSettings):
     """Everything metersync reads from its environment."""
 
+    # hide_input_in_errors: a refused secret (or a database URL with its password) must
+    # not be echoed into a traceback or a log by pydantic's ValidationError.
     model_config = SettingsConfigDict(
-        env_prefix="METERSYNC_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="METERSYNC_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     database_url: str = defaults.DATABASE_URL
@@ -59,6 +70,11 @@ class Settings(BaseSettings):
     #: Seconds between the scheduler's drawdowns of every account with credit (and its
     #: alert checks): the most a balance seen without asking for it lags behind usage.
     credit_interval: float = Field(default=defaults.CREDIT_INTERVAL, gt=0, le=3600)
+    #: Where alert firings are posted when the alert names no URL of its own (http/https).
+    alert_webhook_url: str | None = None
+    #: The secret every alert webhook is signed with (``Metersync-Signature``). Unset, no
+    #: alert webhook is sent: each delivery is marked failed, saying to set it.
+    alert_webhook_secret: SecretStr | None = None
 
     @property
     def webhook_secrets(self) -> list[str]:
@@ -68,7 +84,10 @@ class Settings(BaseSettings):
         raw = self.stripe_webhook_secret.get_secret_value()
         return [part.strip() for part in raw.split(",") if part.strip()]
 
-    @field_validator("stripe_api_key", "stripe_webhook_secret", "ops_token", mode="before")
+    @field_validator(
+        "stripe_api_key", "stripe_webhook_secret", "ops_token", "alert_webhook_secret",
+        "alert_webhook_url", mode="before",
+    )  # fmt: skip
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """An empty variable means "not configured", not an empty secret."""
@@ -87,6 +106,32 @@ class Settings(BaseSettings):
             raise ValueError("a publishable key (pk_…) cannot send meter events; use sk_ or rk_")
         if not key.startswith(("sk_", "rk_")) or key in {"sk_test_changeme", "sk_live_changeme"}:
             raise ValueError("expected a Stripe secret key starting with sk_ or rk_")
+        return value
+
+    @field_validator("alert_webhook_secret")
+    @classmethod
+    def _check_alert_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse placeholders and short secrets, without echoing the secret."""
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if "changeme" in secret.lower().replace("-", "").replace("_", ""):
+            raise ValueError("alert_webhook_secret is a placeholder; " + _HOW_TO_MAKE_ONE)
+        if len(secret) < MIN_SECRET:
+            too_short = f"alert_webhook_secret must be at least {MIN_SECRET} characters"
+            raise ValueError(f"{too_short}; {_HOW_TO_MAKE_ONE}")
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_alert_url(cls, value: str | None) -> str | None:
+        """An absolute http(s) URL, or unset."""
+        if value is None:
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("alert_webhook_url must be an http:// or https:// URL with a host")
         return value
 
     @field_validator("database_url")

@@ -20,7 +20,8 @@ log = structlog.get_logger("metersync.scheduler")
 
 
 class CreditTicker:
-    """Draws down every account with grants once per interval."""
+    """Draws down every account with grants once per interval, and sends pending grants
+    and voids to Stripe."""
 
     def __init__(
         self,
@@ -51,5 +52,18 @@ class CreditTicker:
                     "credits.drawn", account=name, drawn=result.drawn,
                     released=result.released, expired=result.expired,
                 )  # fmt: skip
+        self.sync_stripe()
         self._ms.alerts.check(on_fire=self._on_fire)
         return changed
+
+    def sync_stripe(self) -> None:
+        """Send pending grants and owed voids to Stripe (a few per tick; see
+        :mod:`adapter.crediting.stripe_grants`): a grant Stripe could not take, or made
+        while its account was unlinked, goes out on a later tick."""
+        try:
+            sweep = self._ms.credits.sync_stripe()
+        except Exception:  # logged; drawdown and alerts still run, and the next tick retries
+            log.exception("credits.stripe_sync_failed")
+            return
+        if sweep.changed:
+            log.info("credits.stripe_synced", pushed=sweep.pushed, voided=sweep.voided)

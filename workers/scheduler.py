@@ -13,6 +13,8 @@ enqueues pushes.
   once per missed tick: closing is by window end, so one tick closes everything due.
 - **Credit.** Every ``METERSYNC_CREDIT_INTERVAL`` seconds the leader draws down the
   credit of every account that has some (see :mod:`workers.credit_ticks`).
+- **Alert webhooks.** The leader sends the due alert webhooks in a background sweep
+  (see :mod:`workers.alert_deliveries`).
 - **One leader.** A Redis lock lets only one of several schedulers act; the others wait
   to take over.
 """
@@ -33,6 +35,7 @@ from adapter.pushing.outbox import claim_for_push, close_reports
 from adapter.store import unlinked
 from adapter.store.models import utcnow
 from workers.actors import Actors, stale_deliveries
+from workers.alert_deliveries import AlertSweeper
 from workers.credit_ticks import CreditTicker
 from workers.reconcile_schedule import ReconcileTicker
 
@@ -79,6 +82,7 @@ class Scheduler:
         self._last_tick: datetime | None = None
         self._reconcile = ReconcileTicker(ms, actors, clock=clock)
         self._credits = CreditTicker(ms, on_fire=actors.alert_fired)
+        self._alerts = AlertSweeper(ms)
 
     def run_once(self) -> Tick | None:
         """Tick if a tick is due, this scheduler leads and the schedule runs."""
@@ -112,6 +116,7 @@ class Scheduler:
                 log.exception("scheduler.tick_failed")
             self.reconcile_once()
             self.credits_once()
+            self.alerts_once()
             stop.wait(POLL_SECONDS)
         if self._lock is not None and self._lock.owned():
             self._lock.release()
@@ -132,6 +137,15 @@ class Scheduler:
             return self._credits.run_once() if self._leading() else None
         except Exception:  # logged and tried again on the next loop
             log.exception("scheduler.credits_failed")
+            return None
+
+    def alerts_once(self) -> bool | None:
+        """Start a sweep of the due alert webhooks when this scheduler leads (see
+        :mod:`workers.alert_deliveries`)."""
+        try:
+            return self._alerts.run_once() if self._leading() else None
+        except Exception:  # logged and tried again on the next loop
+            log.exception("scheduler.alerts_failed")
             return None
 
     def _leading(self) -> bool:

@@ -59,7 +59,7 @@ def draw_down(
     now: datetime,
 ) -> Drawdown:
     """Bring the account's credit ledger up to its usage, on ``conn`` (one transaction)."""
-    _lock(conn, account.id)
+    lock_account(conn, account.id)
     start, end, _source = period_now(conn, periods, account.id, now)
     grants = states(grant_rows(conn, account.id))
     entries: list[dict[str, Any]] = []
@@ -100,8 +100,9 @@ def draw_down(
     return result
 
 
-def _lock(conn: sa.Connection, account_id: int) -> None:
-    """Serialise drawdowns of one account (PostgreSQL row lock; SQLite has one writer)."""
+def lock_account(conn: sa.Connection, account_id: int) -> None:
+    """Serialise changes to one account's credit ledger (drawdowns, voids) for the rest of
+    the transaction (PostgreSQL row lock; SQLite has one writer)."""
     query = sa.select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.id == account_id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()

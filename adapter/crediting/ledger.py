@@ -7,14 +7,15 @@ scheduler also draws every account with grants on each tick.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from adapter.crediting.drawdown import Drawdown, draw_down
+from adapter.crediting import stripe_grants
+from adapter.crediting.drawdown import Drawdown, draw_down, lock_account
 from adapter.domain import validation
 from adapter.domain.credits import PRIORITY_DEFAULT, check_grant
 from adapter.errors import InvalidUsage
@@ -23,6 +24,9 @@ from adapter.store.credit_models import CreditEntry, CreditGrant
 from adapter.store.credits import Entry, Grant, entries_of, grant_of, grant_rows
 from adapter.store.models import AuditLog, table, utcnow
 from adapter.store.periods import Periods
+
+if TYPE_CHECKING:
+    from adapter.gateway import Gateway
 
 _GRANTS, _ENTRIES, _AUDIT = table(CreditGrant), table(CreditEntry), table(AuditLog)
 
@@ -81,13 +85,22 @@ class History:
 
 
 class Credits:
-    """The credit ledger of one database."""
+    """The credit ledger of one database. With ``gateway`` (the Stripe gateway, ``None``
+    in a dry run) grants and voids are also sent to Stripe (see
+    :mod:`adapter.crediting.stripe_grants`); without it they wait ``pending``."""
 
     def __init__(
-        self, engine: sa.Engine, *, accounts: Accounts, meters: Meters, periods: Periods
+        self,
+        engine: sa.Engine,
+        *,
+        accounts: Accounts,
+        meters: Meters,
+        periods: Periods,
+        gateway: Callable[[], Gateway | None] | None = None,
     ) -> None:
         self._engine = engine
         self._accounts, self._meters, self._periods = accounts, meters, periods
+        self._gateway = gateway
 
     def grant(  # noqa: PLR0913  public API: independent keyword options of one grant
         self,
@@ -107,7 +120,7 @@ class Credits:
     ) -> Grant:
         """Load ``amount`` minor units of ``currency`` to ``account``: for all its metered
         prices, or only ``meters`` or ``prices``. A repeated ``idempotency_key`` returns the
-        first grant and loads nothing."""
+        first grant and loads nothing. Once committed, the grant is sent to Stripe."""
         if meters and prices:
             raise InvalidUsage("a grant covers named meters or named prices, not both")
         scope = "meters" if meters else "prices" if prices else "all"
@@ -129,35 +142,55 @@ class Credits:
                 missing = [m for m in targets if m not in known]
                 if missing:
                     raise self._meters.unknown(missing[0], conn)
+            found = None
             if key is not None:
                 found = conn.execute(
                     sa.select(_GRANTS.c.id).where(
                         _GRANTS.c.account_id == info.id, _GRANTS.c.idempotency_key == key
                     )
                 ).scalar_one_or_none()
-                if found is not None:
-                    return self._grant(conn, info.id, found)
-            grant_id = conn.execute(
-                _GRANTS.insert()
-                .values(
-                    account_id=info.id, amount=amount, currency=currency, scope=scope,
-                    targets=targets, priority=priority, category=category, effective_at=start,
-                    expires_at=end, reason=reason[:500], idempotency_key=key, created_at=now,
-                    created_by=actor, stripe_status="pending", meta={},
-                )
-                .returning(_GRANTS.c.id)
-            ).scalar_one()  # fmt: skip
-            _audit(conn, actor, "credit.grant", account, {"grant": grant_id, "amount": amount})
-            return self._grant(conn, info.id, grant_id)
+            if found is not None:  # a repeat: the first grant, sent to Stripe if still due
+                granted = self._grant(conn, info.id, found)
+            else:
+                granted = self._insert(conn, info.id, actor=actor, account=account, values=dict(
+                    amount=amount, currency=currency, scope=scope, targets=targets,
+                    priority=priority, category=category, effective_at=start, expires_at=end,
+                    reason=reason[:500], idempotency_key=key, created_at=now, created_by=actor,
+                ))  # fmt: skip
+        return self._to_stripe(granted)
+
+    def _insert(
+        self,
+        conn: sa.Connection,
+        account_id: int,
+        *,
+        actor: str,
+        account: str,
+        values: dict[str, Any],
+    ) -> Grant:
+        """Store a new pending grant of ``account_id`` with its audit row."""
+        grant_id = conn.execute(
+            _GRANTS.insert()
+            .values(account_id=account_id, stripe_status="pending", meta={}, **values)
+            .returning(_GRANTS.c.id)
+        ).scalar_one()
+        detail = {"grant": grant_id, "amount": values["amount"]}
+        _audit(conn, actor, "credit.grant", account, detail)
+        return self._grant(conn, account_id, grant_id)
 
     def void(self, grant_id: int, *, reason: str = "", actor: str = "api") -> Grant:
-        """Cancel what is left of a grant (an append-only ``void`` entry)."""
+        """Cancel what is left of a grant (an append-only ``void`` entry); once committed,
+        a grant Stripe holds is voided at Stripe too."""
         with self._engine.begin() as conn:
             row = conn.execute(
                 sa.select(_GRANTS.c.account_id).where(_GRANTS.c.id == grant_id)
             ).first()
             if row is None:
                 raise InvalidUsage(f"no credit grant {grant_id}; see `metersync credits history`")
+            # Wait for a drawdown (or void) of the account in progress, then read what is
+            # left: read first, and a drawdown committing meanwhile would take the grant
+            # below zero (its draw and this void of the same credit would both stand).
+            lock_account(conn, row.account_id)
             current = self._grant(conn, row.account_id, grant_id)
             if current.status == "voided":
                 raise InvalidUsage(f"credit grant {grant_id} is already voided")
@@ -168,7 +201,15 @@ class Credits:
                 )
             )  # fmt: skip
             _audit(conn, actor, "credit.void", str(grant_id), {"left": current.remaining})
-            return self._grant(conn, row.account_id, grant_id)
+            voided = self._grant(conn, row.account_id, grant_id)
+        return self._to_stripe(voided)
+
+    def sync_stripe(self) -> stripe_grants.Sweep:
+        """Send pending grants and owed voids to Stripe (the scheduler's credit tick);
+        nothing without a gateway."""
+        if self._gateway is None:
+            return stripe_grants.Sweep()
+        return stripe_grants.sweep(self._engine, gateway=self._gateway())
 
     def draw(self, account: str) -> Drawdown:
         """Draw the account's credit down to its usage now (the scheduler does this too)."""
@@ -204,6 +245,22 @@ class Credits:
             grants = tuple(grant_of(r, now=now) for r in grant_rows(conn, info.id))
             entries = tuple(entries_of(conn, info.id, limit=limit))
         return History(account, grants, entries)
+
+    def _to_stripe(self, grant: Grant) -> Grant:
+        """Send a just-committed grant, or its void, to Stripe; the grant as it is after."""
+        if self._gateway is None:
+            return grant
+        if grant.stripe_status == "pending":
+            stripe_grants.push_grant(self._engine, grant.id, gateway=self._gateway())
+        elif grant.stripe_status == "created" and grant.status == "voided":
+            stripe_grants.void_at_stripe(self._engine, grant.id, gateway=self._gateway())
+        else:
+            return grant
+        with self._engine.connect() as conn:
+            account_id = conn.execute(
+                sa.select(_GRANTS.c.account_id).where(_GRANTS.c.id == grant.id)
+            ).scalar_one()
+            return self._grant(conn, account_id, grant.id)
 
     @staticmethod
     def _grant(conn: sa.Connection, account_id: int, grant_id: int) -> Grant:

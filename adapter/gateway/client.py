@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 
 from adapter.errors import ConfigurationError
 from adapter.gateway.adjust import Adjusting
+from adapter.gateway.credit_grants import CreditGranting
 from adapter.gateway.objects import ObjectReader
 from adapter.gateway.policy import RetryPolicy, Sleep, classify, idempotency_key
 from adapter.gateway.preview import Previewing
@@ -36,10 +37,10 @@ POOL_SIZE = 64
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-class Gateway(ObjectReader, Adjusting, Previewing):
+class Gateway(ObjectReader, Adjusting, Previewing, CreditGranting):
     """Sends meter events to Stripe and reads its meters and objects, one briefly-retried call
     at a time; reads meter event summaries and cancels meter events (reconciliation); asks
-    for an invoice preview (rating's reference)."""
+    for an invoice preview (rating's reference); creates and voids credit grants."""
 
     def __init__(  # noqa: PLR0913  independent keyword-only options of the public constructor
         self,

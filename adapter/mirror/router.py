@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from adapter.mirror import alerts, customers, invoices, meters, prices, subscriptions
+from adapter.mirror import alerts, credit_grants, customers, invoices, meters, prices, subscriptions
 from adapter.mirror.context import Apply
 
 
@@ -52,6 +52,7 @@ HANDLERS: dict[str, Handler] = {
         for e in ("created", "updated", "deactivated", "reactivated")
     },
     "billing.alert.triggered": alerts.apply,
+    **{f"billing.credit_grant.{e}": credit_grants.apply for e in ("created", "updated")},
 }
 
 #: Stripe ``object`` name → handler, for objects read by ``metersync sync``.

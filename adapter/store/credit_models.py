@@ -37,7 +37,8 @@ class CreditGrant(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, max_length=255)
     created_at: datetime = when_field(default_factory=utcnow)
     created_by: str = Field(default="", max_length=255)
-    #: ``pending`` → ``created`` at Stripe, ``dry_run`` without a key, ``failed`` (error).
+    #: ``pending`` → ``created`` at Stripe, ``dry_run`` without a key, ``failed`` (error),
+    #: ``skipped`` (voided or expired unsent), ``voided`` (see adapter.crediting.stripe_grants).
     stripe_status: str = Field(default="pending", max_length=16, index=True)
     stripe_credit_grant_id: str | None = Field(default=None, max_length=255, index=True)
     stripe_error: str | None = None

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from adapter.mirror import (
+    alerts,
     customers,
     invoices,
     meters,
@@ -362,6 +363,7 @@ def test_meter_row() -> None:
         ("invoice.deleted", invoices.apply),
         ("price.deleted", prices.apply),
         ("billing.meter.reactivated", meters.apply),
+        ("billing.alert.triggered", alerts.apply),
     ],
 )
 def test_router_table(kind: str, handler: object) -> None:
@@ -370,7 +372,7 @@ def test_router_table(kind: str, handler: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["invoice.upcoming", "charge.succeeded", "billing.alert.triggered"]
+    "kind", ["invoice.upcoming", "charge.succeeded", "payout.paid"]
 )
 def test_router_ignores_other_types(kind: str) -> None:
     """Types metersync does not mirror (invoice.upcoming has no id) are not handled."""
