@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from adapter.domain.credits import GrantState, allocate, release
 from adapter.reading.pricing import priced_usage
-from adapter.reading.usage import read_usage
+from adapter.reading.usage import MeterUsage, read_usage
 from adapter.store.catalog import AccountInfo, MeterInfo
 from adapter.store.credits import add_entries, drawn_for_period, grant_rows, states
 from adapter.store.models import Account, table
@@ -74,30 +74,55 @@ def draw_down(
             used = usage.get(meter.name)
             if used is None or used.amount is None or used.currency is None:
                 continue
-            taken = drawn.get(meter.id, [])
-            delta = used.amount - sum(amount for _, amount in taken)
-            if delta > 0:
-                pairs = allocate(
-                    delta, grants, at=now, currency=used.currency, meter=meter.name,
-                    price=used.price,
-                )  # fmt: skip
-                grants = _spend(grants, pairs)
-                kind, sign, into = "drawdown", -1, result.drawn
-            elif delta < 0:
-                pairs = release(-delta, taken)
-                grants = _spend(grants, [(g, -a) for g, a in pairs])
-                kind, sign, into = "release", 1, result.released
-            else:
-                continue
-            for grant_id, amount in pairs:
-                entries.append(
-                    base | {"grant_id": grant_id, "kind": kind, "amount": sign * amount,
-                            "meter_id": meter.id, "note": used.price or ""}
-                )  # fmt: skip
-            if pairs:
-                into[meter.name] = sum(a for _, a in pairs)
+            grants = _settle(
+                meter, used, drawn.get(meter.id, []), grants, base=base | {"meter_id": meter.id},
+                now=now, into=entries, result=result,
+            )  # fmt: skip
     add_entries(conn, entries)
     return result
+
+
+def _settle(  # noqa: PLR0913  one meter's inputs and where its entries go, each named
+    meter: MeterInfo,
+    used: MeterUsage,
+    taken: list[tuple[int, int]],
+    grants: list[GrantState],
+    *,
+    base: dict[str, Any],
+    now: datetime,
+    into: list[dict[str, Any]],
+    result: Drawdown,
+) -> list[GrantState]:
+    """Draw or release the difference between one meter's cost and the credit drawn for
+    it; the grants after it."""
+    assert used.amount is not None  # checked by the caller
+    assert used.currency is not None
+    delta = used.amount - sum(amount for _, amount in taken)
+    if delta > 0:
+        pairs = allocate(
+            delta, grants, at=now, currency=used.currency, meter=meter.name, price=used.price
+        )
+        kind, sign, tally = "drawdown", -1, result.drawn
+    elif delta < 0:
+        pairs = release(-delta, taken)
+        kind, sign, tally = "release", 1, result.released
+    else:
+        return grants
+    by_id = {g.id: g for g in grants}
+    for grant_id, amount in pairs:
+        into.append(base | {"grant_id": grant_id, "kind": kind, "amount": sign * amount,
+                            "note": used.price or ""})  # fmt: skip
+        grant = by_id[grant_id]
+        if kind == "release" and not grant.live(now):
+            # Credit given back to a voided or expired grant is written off again at once,
+            # so such a grant stays at zero instead of holding credit nothing can use.
+            into.append(base | {"grant_id": grant_id, "kind": "writeoff", "amount": -amount,
+                                "meter_id": None, "period_start": None,
+                                "note": "released to a grant no longer in effect"})  # fmt: skip
+    if pairs:
+        tally[meter.name] = sum(a for _, a in pairs)
+    live_pairs = [(g, a) for g, a in pairs if kind == "drawdown" or by_id[g].live(now)]
+    return _spend(grants, [(g, -sign * a) for g, a in live_pairs])
 
 
 def lock_account(conn: sa.Connection, account_id: int) -> None:

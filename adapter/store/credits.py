@@ -15,8 +15,9 @@ from adapter.store.models import Account, Meter, table
 
 _GRANTS, _ENTRIES, _METERS = table(CreditGrant), table(CreditEntry), table(Meter)
 _ACCOUNTS = table(Account)
-#: Entry kinds; all but ``release`` take from the grant.
-KINDS = ("drawdown", "release", "void", "expiry")
+#: Entry kinds; all but ``release`` take from the grant (``writeoff``: credit released back
+#: to a grant no longer in effect, taken again at once).
+KINDS = ("drawdown", "release", "void", "expiry", "writeoff")
 
 
 @dataclass(frozen=True, slots=True)

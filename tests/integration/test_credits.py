@@ -231,3 +231,20 @@ def test_the_scheduler_draws_every_account_once_per_interval(billed: Metersync) 
     assert [e.amount for e in _entries(billed)] == [-25500, -1500]
     clock[0] += billed.settings.credit_interval
     assert ticker.run_once() == 0  # nothing new to draw
+
+
+def test_credit_released_to_a_voided_grant_is_written_off(billed: Metersync) -> None:
+    """A cost that falls after its grant was voided gives nothing back to spend."""
+    grant = billed.credits.grant("acct_1", 50000, currency="usd")
+    billed.credits.draw("acct_1")
+    billed.credits.void(grant.id)
+    cheaper = dict(API, tiers=[se.tier(1000, unit=0), se.tier(None, unit=1)])  # 14,000 cents
+    deliver(billed, se.event("price.updated", cheaper, created=int(NOW.timestamp())))
+    assert billed.credits.draw("acct_1").released == {"api_calls": 11500}
+    assert [(e.kind, e.amount) for e in _entries(billed)][-2:] == [
+        ("release", 11500),
+        ("writeoff", -11500),
+    ]
+    found = billed.credits.history("acct_1").grants[0]
+    assert (found.status, found.remaining) == ("voided", 0)
+    assert billed.credits.balance("acct_1").amount == 0
