@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import adapter
 from adapter.client import Metersync
+from config.settings import Settings
 from tests import stripe_events as se
-from tests.mirror_helpers import deliver
+from tests.mirror_helpers import deliver, link_meter
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 PERIOD = (int((NOW - timedelta(days=10)).timestamp()), int((NOW + timedelta(days=20)).timestamp()))
@@ -53,3 +55,22 @@ def stripe_preview(api_amount: int, api_quantity: int = 15000) -> dict[str, Any]
         "total": sum(x["amount"] for x in lines),
         "lines": {"object": "list", "data": lines, "has_more": False},
     }
+
+
+def bill(ms: Metersync, *, units: int = 15000) -> None:
+    """acct_1 (cus_123) on the base fee and the graduated API price, with ``units`` calls
+    an hour ago (15,000 cost 25,500 cents). The meters ``api_calls`` must exist."""
+    link_meter(ms, "api_calls", "mtr_api")
+    mirror(ms, BASE, API)
+    ms.increment("acct_1", units, meter="api_calls", timestamp=NOW - timedelta(hours=1))
+
+
+def billed_database(path: str) -> str:
+    """A fresh SQLite file at ``path`` holding :func:`bill`'s world; its URL."""
+    url = f"sqlite:///{path}"
+    ms = adapter.connect(Settings(database_url=url))
+    ms.accounts.upsert("acct_1", stripe_customer_id="cus_123")
+    ms.meters.upsert("api_calls", aggregation="sum")
+    bill(ms)
+    ms.close()
+    return url

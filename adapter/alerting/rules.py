@@ -15,11 +15,12 @@ from adapter.crediting.ledger import Credits
 from adapter.domain.alerts import check_rule
 from adapter.errors import InvalidUsage
 from adapter.store.alert_models import Alert, AlertDelivery, AlertFiring
+from adapter.store.audit import audit
 from adapter.store.catalog import Accounts, Meters
-from adapter.store.models import Account, AuditLog, Meter, table, utcnow
+from adapter.store.models import Account, Meter, table, utcnow
 from adapter.store.periods import Periods
 
-_ALERTS, _FIRINGS, _AUDIT = table(Alert), table(AlertFiring), table(AuditLog)
+_ALERTS, _FIRINGS = table(Alert), table(AlertFiring)
 _DELIVERIES = table(AlertDelivery)
 _ACCOUNTS, _METERS = table(Account), table(Meter)
 
@@ -125,7 +126,7 @@ class Alerts:
                 )
                 .returning(_ALERTS.c.id)
             ).scalar_one()  # fmt: skip
-            _audit(
+            audit(
                 conn, actor, "alert.add", str(alert_id), {"metric": metric, "threshold": str(value)}
             )
             return self._one(conn, alert_id)
@@ -160,7 +161,7 @@ class Alerts:
         with self._engine.begin() as conn:
             self._one(conn, alert_id)
             conn.execute(_ALERTS.update().where(_ALERTS.c.id == alert_id).values(**values))
-            _audit(conn, actor, action, str(alert_id), {})
+            audit(conn, actor, action, str(alert_id), {})
             return self._one(conn, alert_id)
 
     def list(self, *, include_removed: bool = False) -> list[AlertInfo]:
@@ -222,13 +223,3 @@ def _firings(conn: sa.Connection, *, account_id: int | None, limit: int) -> list
         )
         for r in rows
     ]  # fmt: skip
-
-
-def _audit(
-    conn: sa.Connection, actor: str, action: str, subject: str, detail: dict[str, Any]
-) -> None:
-    conn.execute(
-        _AUDIT.insert().values(
-            at=utcnow(), actor=actor, action=action, subject=subject, detail=detail
-        )
-    )

@@ -16,64 +16,48 @@ authentic delivery that is too old or too new, never a forgery.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
 
-from adapter.errors import ConfigurationError, MetersyncError
+from adapter.domain.signatures import (
+    MAX_HEADER,
+    SCHEME,
+    MalformedHeader,
+    MissingHeader,
+    NoMatch,
+    SignatureError,
+    TimestampInFuture,
+    TimestampTooOld,
+    matches,
+)
+from adapter.domain.signatures import compute as _compute
+from adapter.domain.signatures import parse_header as _parse
+from adapter.errors import ConfigurationError
 
+__all__ = [
+    "DELIVERY_HEADER",
+    "HEADER",
+    "MAX_HEADER",
+    "SCHEME",
+    "MalformedHeader",
+    "MissingHeader",
+    "NoMatch",
+    "SignatureError",
+    "TimestampInFuture",
+    "TimestampTooOld",
+    "compute",
+    "parse_header",
+    "sign",
+    "verify",
+]
 #: The request header carrying the signature.
 HEADER = "Metersync-Signature"
 #: The request header carrying the delivery id, the same on every retry of a delivery.
 DELIVERY_HEADER = "Metersync-Delivery"
-#: The signature scheme written and verified.
-SCHEME = "v1"
-#: Longest header parsed; ours carry one timestamp and one 64-character signature.
-MAX_HEADER = 8192
-
-_FORMAT = f"{HEADER} header must be 't=<unix seconds>,{SCHEME}=<hex>'"
-
-
-class SignatureError(MetersyncError):
-    """A delivery whose signature cannot be accepted; ``code`` names why."""
-
-    code = "signature_invalid"
-
-
-class MissingHeader(SignatureError):
-    """The request carries no ``Metersync-Signature`` header."""
-
-    code = "signature_missing"
-
-
-class MalformedHeader(SignatureError):
-    """The header is not ``t=<unix seconds>,v1=<hex>``."""
-
-    code = "signature_malformed"
-
-
-class NoMatch(SignatureError):
-    """No ``v1`` signature matches any of the receiver's secrets (or the body changed)."""
-
-    code = "signature_mismatch"
-
-
-class TimestampTooOld(SignatureError):
-    """The signed timestamp is older than the tolerance: possibly a replay."""
-
-    code = "signature_too_old"
-
-
-class TimestampInFuture(SignatureError):
-    """The signed timestamp is further ahead of the receiver's clock than the tolerance."""
-
-    code = "signature_in_future"
 
 
 def compute(payload: bytes, *, secret: str, timestamp: int) -> str:
     """The hex ``v1`` signature of ``payload`` signed at ``timestamp`` with ``secret``."""
-    signed = f"{timestamp}.".encode() + payload
-    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return _compute(payload, secret, timestamp)
 
 
 def sign(payload: bytes, *, secret: str, timestamp: int) -> str:
@@ -85,23 +69,10 @@ def sign(payload: bytes, *, secret: str, timestamp: int) -> str:
 
 def parse_header(header: str) -> tuple[int, list[str]]:
     """The timestamp and the ``v1`` signatures of a ``Metersync-Signature`` header."""
-    if len(header) > MAX_HEADER:
-        raise MalformedHeader(f"{HEADER} header is longer than {MAX_HEADER} characters")
-    timestamps: list[str] = []
-    signatures: list[str] = []
-    for part in header.split(","):
-        key, sep, value = part.strip().partition("=")
-        if not sep or not key or not value:
-            raise MalformedHeader(_FORMAT)
-        if key == "t":
-            timestamps.append(value)
-        elif key == SCHEME:
-            signatures.append(value)
-    if len(timestamps) != 1 or not timestamps[0].isascii() or not timestamps[0].isdigit():
-        raise MalformedHeader(f"{HEADER} header must carry one 't=<unix seconds>'")
+    timestamp, signatures = _parse(header, name=HEADER)
     if not signatures:
         raise MalformedHeader(f"{HEADER} header carries no {SCHEME} signature")
-    return int(timestamps[0]), signatures
+    return timestamp, signatures
 
 
 def verify(
@@ -123,10 +94,7 @@ def verify(
     if header is None or not header.strip():
         raise MissingHeader(f"no {HEADER} header; is this request from metersync?")
     timestamp, signatures = parse_header(header)
-    # One HMAC per secret; every candidate is compared in constant time with each.
-    expected = [compute(payload, secret=s, timestamp=timestamp).encode() for s in usable]
-    given = [candidate.encode() for candidate in signatures]
-    if not any(hmac.compare_digest(g, e) for g in given for e in expected):
+    if not matches(payload, timestamp, signatures, usable):
         raise NoMatch(
             f"no {SCHEME} signature matches a configured secret; check that the secret is "
             "metersync's METERSYNC_ALERT_WEBHOOK_SECRET and that the raw body is verified"

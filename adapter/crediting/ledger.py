@@ -19,16 +19,17 @@ from adapter.crediting.drawdown import Drawdown, draw_down, lock_account
 from adapter.domain import validation
 from adapter.domain.credits import PRIORITY_DEFAULT, check_grant
 from adapter.errors import InvalidUsage
+from adapter.store.audit import audit
 from adapter.store.catalog import Accounts, Meters
 from adapter.store.credit_models import CreditEntry, CreditGrant
 from adapter.store.credits import Entry, Grant, entries_of, grant_of, grant_rows
-from adapter.store.models import AuditLog, table, utcnow
+from adapter.store.models import table, utcnow
 from adapter.store.periods import Periods
 
 if TYPE_CHECKING:
     from adapter.gateway import Gateway
 
-_GRANTS, _ENTRIES, _AUDIT = table(CreditGrant), table(CreditEntry), table(AuditLog)
+_GRANTS, _ENTRIES = table(CreditGrant), table(CreditEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,7 @@ class Credits:
             .returning(_GRANTS.c.id)
         ).scalar_one()
         detail = {"grant": grant_id, "amount": values["amount"]}
-        _audit(conn, actor, "credit.grant", account, detail)
+        audit(conn, actor, "credit.grant", account, detail)
         return self._grant(conn, account_id, grant_id)
 
     def void(self, grant_id: int, *, reason: str = "", actor: str = "api") -> Grant:
@@ -200,7 +201,7 @@ class Credits:
                     amount=-current.remaining, at=utcnow(), actor=actor, note=reason[:500],
                 )
             )  # fmt: skip
-            _audit(conn, actor, "credit.void", str(grant_id), {"left": current.remaining})
+            audit(conn, actor, "credit.void", str(grant_id), {"left": current.remaining})
             voided = self._grant(conn, row.account_id, grant_id)
         return self._to_stripe(voided)
 
@@ -266,13 +267,3 @@ class Credits:
     def _grant(conn: sa.Connection, account_id: int, grant_id: int) -> Grant:
         rows = [r for r in grant_rows(conn, account_id) if r.id == grant_id]
         return grant_of(rows[0], now=utcnow())
-
-
-def _audit(
-    conn: sa.Connection, actor: str, action: str, subject: str, detail: dict[str, Any]
-) -> None:
-    conn.execute(
-        _AUDIT.insert().values(
-            at=utcnow(), actor=actor, action=action, subject=subject, detail=detail
-        )
-    )

@@ -8,9 +8,10 @@ import sqlalchemy as sa
 
 from adapter.domain import validation
 from adapter.errors import InvalidUsage
-from adapter.store.models import AuditLog, PriceAllowance, table, utcnow
+from adapter.store.audit import audit
+from adapter.store.models import PriceAllowance, table, utcnow
 
-_ALLOWANCES, _AUDIT = table(PriceAllowance), table(AuditLog)
+_ALLOWANCES = table(PriceAllowance)
 
 
 class Allowances:
@@ -30,7 +31,7 @@ class Allowances:
                     price_id=price, quantity=value, updated_at=utcnow(), updated_by=actor
                 )
             )
-            _audit(conn, actor, "allowance.set", price, {"quantity": str(value)})
+            audit(conn, actor, "allowance.set", price, {"quantity": str(value)})
         return value
 
     def remove(self, price_id: str, *, actor: str = "api") -> bool:
@@ -39,7 +40,7 @@ class Allowances:
         with self._engine.begin() as conn:
             gone = conn.execute(_ALLOWANCES.delete().where(_ALLOWANCES.c.price_id == price))
             if gone.rowcount:
-                _audit(conn, actor, "allowance.remove", price, {})
+                audit(conn, actor, "allowance.remove", price, {})
         return bool(gone.rowcount)
 
     def all(self, conn: sa.Connection | None = None) -> dict[str, Decimal]:
@@ -59,13 +60,3 @@ def _price_id(price_id: object) -> str:
             f"a Stripe price id is a non-empty string like 'price_123', got {price_id!r}"
         )
     return price_id.strip()
-
-
-def _audit(
-    conn: sa.Connection, actor: str, action: str, subject: str, detail: dict[str, str]
-) -> None:
-    conn.execute(
-        _AUDIT.insert().values(
-            at=utcnow(), actor=actor, action=action, subject=subject, detail=detail
-        )
-    )

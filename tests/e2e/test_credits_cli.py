@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
-import adapter
 from adapter.cli import app
-from config.settings import Settings
-from tests.billing_world import API, BASE, NOW, mirror
+from tests.billing_world import billed_database
 from tests.e2e.helpers import row
-from tests.mirror_helpers import link_meter
 
 runner = CliRunner()
 
@@ -22,15 +18,7 @@ runner = CliRunner()
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     """A database where acct_1 used 15,000 graduated API calls (255.00 USD)."""
-    database = f"sqlite:///{tmp_path}/credits.db"
-    ms = adapter.connect(Settings(database_url=database))
-    ms.accounts.upsert("acct_1", stripe_customer_id="cus_123")
-    ms.meters.upsert("api_calls", aggregation="sum")
-    link_meter(ms, "api_calls", "mtr_api")
-    mirror(ms, BASE, API)
-    ms.increment("acct_1", 15000, meter="api_calls", timestamp=NOW - timedelta(hours=1))
-    ms.close()
-    return database
+    return billed_database(f"{tmp_path}/credits.db")
 
 
 def cli(url: str, *args: str) -> Result:

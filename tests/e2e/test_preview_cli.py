@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import responses
 from typer.testing import CliRunner, Result
 
-import adapter
 from adapter.cli import app
-from config.settings import Settings
-from tests.billing_world import API, BASE, NOW, mirror, stripe_preview
+from tests.billing_world import billed_database, stripe_preview
 from tests.e2e.helpers import row
-from tests.mirror_helpers import link_meter
 
 runner = CliRunner()
 PREVIEW_URL = "https://api.stripe.com/v1/invoices/create_preview"
@@ -24,15 +20,7 @@ PREVIEW_URL = "https://api.stripe.com/v1/invoices/create_preview"
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     """A database where acct_1 pays 2 x 49.00 USD and used 15,000 graduated API calls."""
-    database = f"sqlite:///{tmp_path}/preview.db"
-    ms = adapter.connect(Settings(database_url=database))
-    ms.accounts.upsert("acct_1", stripe_customer_id="cus_123")
-    ms.meters.upsert("api_calls", aggregation="sum")
-    link_meter(ms, "api_calls", "mtr_api")
-    mirror(ms, BASE, API)
-    ms.increment("acct_1", 15000, meter="api_calls", timestamp=NOW - timedelta(hours=1))
-    ms.close()
-    return database
+    return billed_database(f"{tmp_path}/preview.db")
 
 
 def cli(url: str, *args: str) -> Result:

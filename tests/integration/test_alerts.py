@@ -16,8 +16,8 @@ from adapter.store.alert_models import Alert, AlertDelivery, AlertFiring
 from adapter.store.credit_models import CreditEntry, CreditGrant
 from adapter.store.models import table
 from tests import stripe_events as se
-from tests.billing_world import API, BASE, NOW, mirror
-from tests.mirror_helpers import clear_mirror, deliver, link_meter
+from tests.billing_world import NOW, bill
+from tests.mirror_helpers import clear_mirror, deliver
 
 _TABLES = [table(m) for m in (AlertDelivery, AlertFiring, Alert, CreditEntry, CreditGrant)]
 HOUR_AGO = NOW - timedelta(hours=1)
@@ -34,9 +34,7 @@ def billed(ms: Metersync) -> Iterator[Metersync]:
     """acct_1 billed by graduated API calls; 15,000 calls recorded (cost 25,500 cents)."""
     _clear(ms)
     clear_mirror(ms.engine)
-    link_meter(ms, "api_calls", "mtr_api")
-    mirror(ms, BASE, API)
-    ms.increment("acct_1", 15000, meter="api_calls", timestamp=HOUR_AGO)
+    bill(ms)
     yield ms
     _clear(ms)
     clear_mirror(ms.engine)

@@ -15,9 +15,9 @@ from adapter.errors import InvalidUsage, UnknownMeter
 from adapter.store.credit_models import CreditEntry, CreditGrant
 from adapter.store.models import table
 from tests import stripe_events as se
-from tests.billing_world import API, BASE, NOW, mirror
+from tests.billing_world import API, NOW, bill
 from tests.integration.test_http_api import AUTH, make_client
-from tests.mirror_helpers import clear_mirror, deliver, link_meter
+from tests.mirror_helpers import clear_mirror, deliver
 from workers.credit_ticks import CreditTicker
 
 _GRANTS, _ENTRIES = table(CreditGrant), table(CreditEntry)
@@ -35,9 +35,7 @@ def billed(ms: Metersync) -> Iterator[Metersync]:
     """acct_1 billed by graduated API calls; 15,000 calls recorded (cost 25,500 cents)."""
     _clear_ledger(ms)
     clear_mirror(ms.engine)
-    link_meter(ms, "api_calls", "mtr_api")
-    mirror(ms, BASE, API)
-    ms.increment("acct_1", 15000, meter="api_calls", timestamp=HOUR_AGO)
+    bill(ms)
     yield ms
     _clear_ledger(ms)
     clear_mirror(ms.engine)

@@ -99,8 +99,8 @@ def test_a_missing_header_is_named(header: str | None) -> None:
 @pytest.mark.parametrize(
     ("header", "says"),
     [
-        ("garbage", "must be 't=<unix seconds>,v1=<hex>'"),
-        ("t=,v1=abc", "must be 't=<unix seconds>,v1=<hex>'"),
+        ("garbage", "must be 't=<unix seconds>,v1=<hex>"),
+        ("t=,v1=abc", "must be 't=<unix seconds>,v1=<hex>"),
         (f"v1={'a' * 64}", "one 't=<unix seconds>'"),
         (f"t=1,t=2,v1={'a' * 64}", "one 't=<unix seconds>'"),
         (f"t=soon,v1={'a' * 64}", "one 't=<unix seconds>'"),
