@@ -371,9 +371,7 @@ def test_router_table(kind: str, handler: object) -> None:
     assert router.HANDLERS[kind] is handler
 
 
-@pytest.mark.parametrize(
-    "kind", ["invoice.upcoming", "charge.succeeded", "payout.paid"]
-)
+@pytest.mark.parametrize("kind", ["invoice.upcoming", "charge.succeeded", "payout.paid"])
 def test_router_ignores_other_types(kind: str) -> None:
     """Types metersync does not mirror (invoice.upcoming has no id) are not handled."""
     assert not router.handles(kind)
