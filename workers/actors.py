@@ -166,6 +166,9 @@ class Actors:
         self.reconcile = self._declare(
             jobs.reconcile, max_retries=RECONCILE_RETRIES, time_limit=RECONCILE_TIME_LIMIT
         )
+        # The alert hook's queue exists even before an app declares its actor on it, so
+        # a firing's message is never refused (an in-process broker checks queues).
+        self.broker.declare_queue(ALERT_QUEUE)
 
     def _declare(self, fn: Callable[P, None], **options: int) -> dramatiq.Actor[P, None]:
         """``fn`` as an actor of this broker on :data:`QUEUE`, named as the method."""

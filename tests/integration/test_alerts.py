@@ -6,8 +6,12 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
+import dramatiq
 import pytest
 import sqlalchemy as sa
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.rate_limits.backends import StubBackend
 
 from adapter.alerting.evaluate import Fired
 from adapter.client import Metersync
@@ -18,6 +22,9 @@ from adapter.store.models import table
 from tests import stripe_events as se
 from tests.billing_world import NOW, bill
 from tests.mirror_helpers import clear_mirror, deliver
+from workers.actors import ALERT_ACTOR, ALERT_QUEUE, declare
+from workers.broker import BrokerHandle
+from workers.credit_ticks import CreditTicker
 
 _TABLES = [table(m) for m in (AlertDelivery, AlertFiring, Alert, CreditEntry, CreditGrant)]
 HOUR_AGO = NOW - timedelta(hours=1)
@@ -197,3 +204,31 @@ def test_stripe_alerts_are_shown_beside_local_ones(billed: Metersync) -> None:
         ("local", None, 15000),
     ]
     assert history[0].threshold == 12000
+
+
+def test_an_app_actor_receives_the_alert_hook(billed: Metersync) -> None:
+    """The scheduler's tick sends each firing to the app's own `alert_fired` actor."""
+    handle = BrokerHandle(StubBroker(), StubBackend(), "stub")
+    try:
+        actors = declare(handle, billed)
+        received: list[dict[str, object]] = []
+
+        def alert_fired(fired: dict[str, object]) -> None:  # what an app declares
+            received.append(fired)
+
+        dramatiq.actor(broker=handle.broker, queue_name=ALERT_QUEUE, actor_name=ALERT_ACTOR)(
+            alert_fired
+        )
+        alert = billed.alerts.add("10k", metric="usage", threshold=10000, meter="api_calls")
+        assert CreditTicker(billed, on_fire=actors.alert_fired).run_once() == 0
+        worker = Worker(handle.broker, worker_timeout=50)
+        worker.start()
+        try:
+            handle.broker.join(ALERT_QUEUE, timeout=10_000)
+        finally:
+            worker.stop()
+    finally:
+        handle.close()
+    assert [(r["alert_id"], r["account"], r["value"]) for r in received] == [
+        (alert.id, "acct_1", "15000")
+    ]
