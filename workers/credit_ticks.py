@@ -53,7 +53,7 @@ class CreditTicker:
                     released=result.released, expired=result.expired,
                 )  # fmt: skip
         self.sync_stripe()
-        self._ms.alerts.check(on_fire=self._on_fire)
+        self._ms.alerts.check(on_fire=self._on_fire, drawn=True)
         return changed
 
     def sync_stripe(self) -> None:

@@ -67,8 +67,10 @@ def check_alerts(  # noqa: PLR0913  keyword-only collaborators of one check, eac
     default_url: str | None,
     now: datetime,
     on_fire: Callable[[Fired], None] | None = None,
+    drawn: bool = False,
 ) -> list[Fired]:
-    """Evaluate every active alert now; the firings this call wrote."""
+    """Evaluate every active alert now; the firings this call wrote. ``drawn``: credit was
+    just drawn down (the tick), so credit alerts read the ledger as it stands."""
     with engine.connect() as conn:
         alerts = list(
             conn.execute(
@@ -89,8 +91,13 @@ def check_alerts(  # noqa: PLR0913  keyword-only collaborators of one check, eac
         mine = [a for a in mine if a.metric != "credit_balance" or account.name in with_credit]
         if not mine:
             continue
-        values = _Values(engine, account, all_meters, periods=periods, credits=credits, now=now)
+        values = _Values(
+            engine, account, all_meters, periods=periods, credits=credits, now=now, drawn=drawn
+        )
+        done = values.fired_already()
         for alert in mine:
+            if (alert.id, alert.generation) in done:
+                continue  # fired this period: no need to read its value again
             value = values.of(alert.metric, alert.meter)
             if value is None or not crossed(alert.metric, value, Decimal(alert.threshold)):
                 continue
@@ -115,9 +122,10 @@ class _Values:
         periods: Periods,
         credits: Credits,
         now: datetime,
+        drawn: bool,
     ) -> None:
         self._engine, self._account, self._meters = engine, account, meters
-        self._credits = credits
+        self._credits, self._drawn = credits, drawn
         with engine.connect() as conn:
             self.period_start, self._end, _ = period_now(conn, periods, account.id, now)
         self._usage: dict[str, MeterUsage] | None = None
@@ -125,7 +133,8 @@ class _Values:
     def of(self, metric: str, meter: str | None) -> Decimal | None:
         """The value ``metric`` watches (``None``: nothing to compare, e.g. no price)."""
         if metric == "credit_balance":
-            return Decimal(self._credits.balance(self._account.name).amount)
+            balance = self._credits.balance(self._account.name, draw=not self._drawn)
+            return Decimal(balance.amount)
         usage = self._read()
         if metric == "usage":
             found = usage.get(meter or "")
@@ -133,6 +142,17 @@ class _Values:
         picked = [usage[meter]] if meter is not None and meter in usage else list(usage.values())
         amounts = [u.amount for u in picked if u.amount is not None]
         return Decimal(sum(amounts)) if amounts else None
+
+    def fired_already(self) -> set[tuple[int, int]]:
+        """(alert, generation) pairs that fired for this account in this period."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_FIRINGS.c.alert_id, _FIRINGS.c.generation)
+                .where(_FIRINGS.c.account_id == self._account.id)
+                .where(_FIRINGS.c.period_start == self.period_start)
+                .where(_FIRINGS.c.source == "local")
+            ).all()
+        return {(r.alert_id, r.generation) for r in rows}
 
     def _read(self) -> dict[str, MeterUsage]:
         if self._usage is None:

@@ -143,12 +143,15 @@ class Alerts:
             current = self._one(conn, alert_id)
         return self._change(alert_id, {"generation": current.generation + 1}, actor, "alert.rearm")
 
-    def check(self, *, on_fire: Callable[[Fired], None] | None = None) -> list[Fired]:
+    def check(
+        self, *, on_fire: Callable[[Fired], None] | None = None, drawn: bool = False
+    ) -> list[Fired]:
         """Evaluate every active alert now; the firings this call made (each crossing fires
-        once, however many processes check at the same time)."""
+        once, however many processes check at the same time). ``drawn``: every account's
+        credit was just drawn down (the scheduler's tick), so it is not drawn again."""
         return check_alerts(
             self._engine, meters=self._meters, periods=self._periods, credits=self._credits,
-            default_url=self._default_url(), now=utcnow(), on_fire=on_fire,
+            default_url=self._default_url(), now=utcnow(), on_fire=on_fire, drawn=drawn,
         )  # fmt: skip
 
     def history(self, *, account: str | None = None, limit: int = 100) -> list[FiringInfo]:

@@ -221,14 +221,17 @@ class Credits:
                 now=utcnow(),
             )  # fmt: skip
 
-    def balance(self, account: str) -> Balance:
-        """Credit left now, after drawing down the usage recorded so far."""
+    def balance(self, account: str, *, draw: bool = True) -> Balance:
+        """Credit left now, after drawing down the usage recorded so far (``draw=False``:
+        as the ledger stands, for a caller that has just drawn, such as the tick)."""
         with self._engine.begin() as conn:
             info = self._accounts.get(account, conn)
             now = utcnow()
-            draw_down(
-                conn, account=info, meters=self._meters.all(conn), periods=self._periods, now=now
-            )
+            if draw:
+                draw_down(
+                    conn, account=info, meters=self._meters.all(conn), periods=self._periods,
+                    now=now,
+                )  # fmt: skip
             grants = [grant_of(r, now=now) for r in grant_rows(conn, info.id)]
         available: dict[str, int] = {}
         scheduled: dict[str, int] = {}

@@ -5,6 +5,7 @@ Run it from the project root::
     python -m tests.bench.ingest                    # both databases, about 5 minutes
     python -m tests.bench.ingest --quick            # smoke run, about a minute
     python -m tests.bench.ingest --only postgres --repeat 5 --profile
+    python -m tests.bench.ingest --only postgres --credits   # credits and alerts, ~4 min
 
 Each database is fresh: PostgreSQL gets a new database on the local server (or on a
 throwaway embedded one, see ``tests/servers.py``), dropped at the end; SQLite gets a
@@ -32,6 +33,17 @@ spread beside it, and each ratio is computed within a run and then its median ta
 Targets are those of the issue, stated for PostgreSQL on this 2-core machine; SQLite is
 held against the same numbers for comparison only. Progress goes to stderr, results to
 stdout.
+
+``--credits`` runs, instead of the figures above, ingest with prepaid credits and usage
+alerts active beside the same ingest without them (``tests/bench/ingest_credits.py``):
+single increments on 1 and 8 threads and ``record_many`` on 1 and 2 threads, each timed
+for ``--credit-seconds`` per side and run while the credit tick (drawdown of every
+credited account, every alert checked) runs every second beside ingest, 10x the default
+interval: in a thread of the recording process (as ``metersync run``), in a process of
+its own (as ``metersync scheduler``), or both (``--credit-ticker``, default both).
+Targets: credits+alerts at least 80 % of plain, ``record_many`` 50,000 events/s. It is a
+flag, not part of the default run, because it takes about 4 minutes per database
+(``--quick``: about a minute).
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ import sqlalchemy as sa
 import adapter
 from adapter import BatchResult
 from config.settings import Settings
+from tests.bench import ingest_credits
 from tests.bench.common import (
     Figure,
     RawPostgres,
@@ -101,7 +114,10 @@ class Plan:
     repeat: int
     usage_events: int
     usage_calls: int
+    credit_seconds: int
     profile: bool
+    credits: bool = False
+    credit_ticker: str = "both"
 
 
 class IngestBench:
@@ -407,6 +423,7 @@ _SIZES = (
     ("--repeat", 5, 3, "runs per figure; the median over runs is reported"),
     ("--usage-events", USAGE_TARGET_EVENTS, 50_000, "events in the account get_usage reads"),
     ("--usage-calls", 200, 200, "get_usage calls per run"),
+    ("--credit-seconds", 3, 1, "with --credits: seconds each figure is timed per side and run"),
 )
 
 
@@ -431,7 +448,25 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, list[str]]:
         "--profile",
         action="store_true",
         help="also print a cProfile of increment (500 calls), record_many (10 batches of "
-        "1,000) and get_usage (50 calls)",
+        "1,000) and get_usage (50 calls); with --credits, of one credit tick, and of "
+        "increment and record_many with the ticker running",
+    )
+    parser.add_argument(
+        "--credits",
+        action="store_true",
+        help="instead of the figures above: increment and record_many with prepaid credits "
+        "and usage alerts active (a grant and 3 alerts per account, accounts billed by a "
+        "mirrored graduated price, the credit tick running every 1 s beside ingest, 10x "
+        "the default) beside the same ingest without them; about 4 minutes per database "
+        "(--quick: about a minute)",
+    )
+    parser.add_argument(
+        "--credit-ticker",
+        choices=("thread", "process", "both"),
+        default="both",
+        help="with --credits: run the tick in a thread of the recording process (as "
+        "`metersync run` does), in a process of its own (as `metersync scheduler`), or "
+        "both, each its own side of the comparison (default both)",
     )
     args = parser.parse_args(argv)
     sizes: dict[str, int] = {}
@@ -442,7 +477,19 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, list[str]]:
         if sizes[name] < 1:
             parser.error(f"{option} must be at least 1, got {sizes[name]}")
     databases = [args.only] if args.only else ["postgres", "sqlite"]
-    return Plan(**sizes, profile=args.profile), databases
+    plan = Plan(
+        **sizes, profile=args.profile, credits=args.credits, credit_ticker=args.credit_ticker
+    )
+    return plan, databases
+
+
+def _run(url: str, where: str, plan: Plan) -> str:
+    if plan.credits:
+        credit_plan = ingest_credits.CreditPlan(
+            plan.repeat, plan.credit_seconds, plan.credit_ticker, plan.profile
+        )
+        return ingest_credits.run_credits(url, where, credit_plan)
+    return run_database(url, where, plan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"{kind}: fresh database")
         try:
             with postgres_database() if kind == "postgres" else sqlite_database() as (url, where):
-                print(run_database(url, where, plan), end="\n\n", flush=True)
+                print(_run(url, where, plan), end="\n\n", flush=True)
         except NoServer as exc:
             print(f"PostgreSQL skipped: {exc}\n", flush=True)
             status = 1 if len(databases) == 1 else status
