@@ -583,7 +583,8 @@ def run_credits(url: str, origin: str, plan: CreditPlan) -> str:
         f"the tick: CreditTicker.run_once every {INTERVAL:g} s ({DEFAULT_INTERVAL}x the "
         f"default of {DEFAULT_INTERVAL} s) during each credits+alerts section, at 0.5, 1.5 "
         "… s into it, on an engine of its own; a tick draws every account with credit, "
-        "then checks every alert (a balance alert draws its account again); log lines off",
+        "then checks every alert (reading the ledger it just drew; alerts that fired this "
+        "period are skipped); log lines off",
         "tick in a thread: in the recording process, as `metersync run` runs the scheduler "
         "(shares the GIL); tick in its own process: as `metersync scheduler` runs it",
     ]
@@ -591,8 +592,8 @@ def run_credits(url: str, origin: str, plan: CreditPlan) -> str:
         d = done.durations
         notes.append(
             f"tick in {_SHORT[side]}, over its timed sections: {done.ticks} ticks in "
-            f"{done.seconds:.1f} s, {2 * accounts * done.ticks:,} drawdowns (2 per account "
-            f"and tick), {bench.alerts * done.ticks:,} alert evaluations, "
+            f"{done.seconds:.1f} s, {accounts * done.ticks:,} drawdowns (1 per account "
+            f"and tick), {bench.alerts * done.ticks:,} alerts checked, "
             f"{done.entries:,} ledger entries and {done.firings} firings written; over all "
             f"its ticks, p50 {1000 * percentile(d, 50):.0f} ms, p99 "
             f"{1000 * percentile(d, 99):.0f} ms"
