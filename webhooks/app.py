@@ -9,7 +9,8 @@ Routes: ``POST /webhooks/stripe`` (:mod:`webhooks.receiver`), ``POST /v1/usage``
 ``GET /v1/accounts/{account}/usage``, ``GET|PUT /v1/schedule`` (:mod:`webhooks.api`,
 token rules in :mod:`webhooks.auth`), ``GET /healthz`` and ``GET /metrics``
 (:mod:`webhooks.health`). Every error is JSON ``{"error": {"type": …, "message": …}}``
-(:mod:`webhooks.errors`).
+(:mod:`webhooks.errors`), except on the operator dashboard at ``/dashboard``
+(:mod:`webhooks.dashboard`, behind the ops token), whose pages and errors are HTML.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fastapi import FastAPI
 from adapter.client import Metersync
 from config.logging import configure_logging
 from config.settings import Settings
-from webhooks import api, errors, health, receiver
+from webhooks import api, dashboard, errors, health, receiver
 from webhooks.metrics import Metrics
 from webhooks.state import AppState
 
@@ -69,6 +70,7 @@ def create_app(
     app.include_router(receiver.router)
     app.include_router(api.router)
     app.include_router(health.router)
+    dashboard.mount(app)
     return app
 
 
