@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -132,14 +133,19 @@ def read_snapshot(engine: sa.Engine, *, now: datetime) -> Snapshot:
     )
 
 
-def _reconcile_drift(conn: sa.Connection) -> tuple[dict[str, int], float]:
-    """Unrepaired drifting pairs of the newest finished reconcile run, by verdict."""
-    run = conn.execute(
+def newest_finished_run(conn: sa.Connection) -> sa.Row[Any, Any] | None:
+    """The id and ``finished_at`` of the newest finished reconcile run, if any."""
+    return conn.execute(
         sa.select(_RUNS.c.id, _RUNS.c.finished_at)
         .where(_RUNS.c.status == "finished")
         .order_by(_RUNS.c.id.desc())
         .limit(1)
     ).first()
+
+
+def _reconcile_drift(conn: sa.Connection) -> tuple[dict[str, int], float]:
+    """Unrepaired drifting pairs of the newest finished reconcile run, by verdict."""
+    run = newest_finished_run(conn)
     if run is None:
         return {}, 0.0
     rows = conn.execute(

@@ -16,7 +16,7 @@ from adapter.domain.drift import DRIFT
 from adapter.store.mirror_models import WebhookDelivery
 from adapter.store.models import Account, BillingPeriod, Meter, UsageReport, table
 from adapter.store.reconcile_models import ReconcilePair, ReconcileRun
-from webhooks.metrics import REPORT_STATUSES, quantile
+from webhooks.metrics import REPORT_STATUSES, newest_finished_run, quantile
 
 _REPORTS, _DELIVERIES = table(UsageReport), table(WebhookDelivery)
 _ACCOUNTS, _METERS, _PERIODS = table(Account), table(Meter), table(BillingPeriod)
@@ -114,12 +114,7 @@ def deliveries(engine: sa.Engine, *, status: str | None, limit: int) -> list[Del
 
 def drift(conn: sa.Connection) -> Drift:
     """The newest finished reconcile run's drifting pairs that were not repaired."""
-    run = conn.execute(
-        sa.select(_RUNS.c.id, _RUNS.c.finished_at)
-        .where(_RUNS.c.status == "finished")
-        .order_by(_RUNS.c.id.desc())
-        .limit(1)
-    ).first()
+    run = newest_finished_run(conn)
     if run is None:
         return Drift()
     pair = [_PAIRS.c[name] for name in DriftRow.__slots__[2:]]
