@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from importlib import resources
 
 import sqlalchemy as sa
@@ -90,8 +91,27 @@ def upgrade(engine: sa.Engine) -> str | None:
     return current_revision(engine)
 
 
+#: Tries at migrating a new SQLite file that other processes are migrating at the same
+#: moment: SQLite answers "database is locked" at once (not after its busy timeout) when
+#: waiting could deadlock, and the whole migration is one transaction, so trying again
+#: after a pause is safe and finds the schema migrated, or migrates it.
+SQLITE_LOCK_TRIES = 6
+
+
 def ensure_schema(engine: sa.Engine, *, migrate: bool) -> None:
     """Migrate (when allowed) or refuse to run on a schema behind this code."""
+    for attempt in range(1, SQLITE_LOCK_TRIES + 1):
+        try:
+            _ensure_schema(engine, migrate=migrate)
+            return
+        except sa.exc.OperationalError as exc:
+            locked = engine.dialect.name == "sqlite" and "locked" in str(exc.orig)
+            if not locked or attempt == SQLITE_LOCK_TRIES:
+                raise
+            time.sleep(0.25 * attempt)
+
+
+def _ensure_schema(engine: sa.Engine, *, migrate: bool) -> None:
     current, head = current_revision(engine), head_revision(engine)
     if current == head:
         return
