@@ -174,13 +174,15 @@ class Alerts:
 
     @staticmethod
     def _one(conn: sa.Connection, alert_id: int) -> AlertInfo:
-        found = [a for a in _infos(conn, include_removed=True) if a.id == alert_id]
+        found = _infos(conn, include_removed=True, alert_id=alert_id)
         if not found:
             raise InvalidUsage(f"no alert {alert_id}; list them with `metersync alerts list`")
         return found[0]
 
 
-def _infos(conn: sa.Connection, *, include_removed: bool) -> list[AlertInfo]:
+def _infos(
+    conn: sa.Connection, *, include_removed: bool, alert_id: int | None = None
+) -> list[AlertInfo]:
     query = (
         sa.select(_ALERTS, _ACCOUNTS.c.name.label("account"), _METERS.c.name.label("meter"))
         .outerjoin(_ACCOUNTS, _ACCOUNTS.c.id == _ALERTS.c.account_id)
@@ -189,6 +191,8 @@ def _infos(conn: sa.Connection, *, include_removed: bool) -> list[AlertInfo]:
     )
     if not include_removed:
         query = query.where(_ALERTS.c.active.is_(True))
+    if alert_id is not None:
+        query = query.where(_ALERTS.c.id == alert_id)
     return [
         AlertInfo(
             r.id, r.name, r.metric, Decimal(r.threshold), r.account, r.meter, r.webhook_url,

@@ -268,5 +268,5 @@ class Credits:
 
     @staticmethod
     def _grant(conn: sa.Connection, account_id: int, grant_id: int) -> Grant:
-        rows = [r for r in grant_rows(conn, account_id) if r.id == grant_id]
-        return grant_of(rows[0], now=utcnow())
+        (row,) = grant_rows(conn, account_id, grant_id=grant_id)
+        return grant_of(row, now=utcnow())

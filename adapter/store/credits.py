@@ -89,13 +89,18 @@ def _voided() -> sa.ColumnElement[bool]:
     return sa.exists().where(_ENTRIES.c.grant_id == _GRANTS.c.id, _ENTRIES.c.kind == "void")
 
 
-def grant_rows(conn: sa.Connection, account_id: int) -> list[sa.Row[Any]]:
-    """Every grant of the account with ``remaining`` and ``voided``, oldest first."""
+def grant_rows(
+    conn: sa.Connection, account_id: int, *, grant_id: int | None = None
+) -> list[sa.Row[Any]]:
+    """Every grant of the account (or only ``grant_id``) with ``remaining`` and
+    ``voided``, oldest first."""
     query = (
         sa.select(_GRANTS, _remaining(), _voided().label("voided"))
         .where(_GRANTS.c.account_id == account_id)
         .order_by(_GRANTS.c.id)
     )
+    if grant_id is not None:
+        query = query.where(_GRANTS.c.id == grant_id)
     return list(conn.execute(query).all())
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import dramatiq
@@ -16,35 +15,16 @@ from dramatiq.rate_limits.backends import StubBackend
 from adapter.alerting.evaluate import Fired
 from adapter.client import Metersync
 from adapter.errors import InvalidUsage, UnknownMeter
-from adapter.store.alert_models import Alert, AlertDelivery, AlertFiring
-from adapter.store.credit_models import CreditEntry, CreditGrant
+from adapter.store.alert_models import AlertDelivery, AlertFiring
 from adapter.store.models import table
 from tests import stripe_events as se
-from tests.billing_world import NOW, bill
-from tests.mirror_helpers import clear_mirror, deliver
+from tests.billing_world import NOW
+from tests.mirror_helpers import deliver
 from workers.actors import ALERT_ACTOR, ALERT_QUEUE, declare
 from workers.broker import BrokerHandle
 from workers.credit_ticks import CreditTicker
 
-_TABLES = [table(m) for m in (AlertDelivery, AlertFiring, Alert, CreditEntry, CreditGrant)]
 HOUR_AGO = NOW - timedelta(hours=1)
-
-
-def _clear(ms: Metersync) -> None:
-    with ms.engine.begin() as conn:
-        for t in _TABLES:
-            conn.execute(t.delete())
-
-
-@pytest.fixture
-def billed(ms: Metersync) -> Iterator[Metersync]:
-    """acct_1 billed by graduated API calls; 15,000 calls recorded (cost 25,500 cents)."""
-    _clear(ms)
-    clear_mirror(ms.engine)
-    bill(ms)
-    yield ms
-    _clear(ms)
-    clear_mirror(ms.engine)
 
 
 def _firings(ms: Metersync) -> list[sa.Row[object]]:

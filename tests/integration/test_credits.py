@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,30 +14,13 @@ from adapter.errors import InvalidUsage, UnknownMeter
 from adapter.store.credit_models import CreditEntry, CreditGrant
 from adapter.store.models import table
 from tests import stripe_events as se
-from tests.billing_world import API, NOW, bill
+from tests.billing_world import API, NOW
 from tests.integration.test_http_api import AUTH, make_client
-from tests.mirror_helpers import clear_mirror, deliver
+from tests.mirror_helpers import deliver
 from workers.credit_ticks import CreditTicker
 
 _GRANTS, _ENTRIES = table(CreditGrant), table(CreditEntry)
 HOUR_AGO = NOW - timedelta(hours=1)
-
-
-def _clear_ledger(ms: Metersync) -> None:
-    with ms.engine.begin() as conn:
-        conn.execute(_ENTRIES.delete())
-        conn.execute(_GRANTS.delete())
-
-
-@pytest.fixture
-def billed(ms: Metersync) -> Iterator[Metersync]:
-    """acct_1 billed by graduated API calls; 15,000 calls recorded (cost 25,500 cents)."""
-    _clear_ledger(ms)
-    clear_mirror(ms.engine)
-    bill(ms)
-    yield ms
-    _clear_ledger(ms)
-    clear_mirror(ms.engine)
 
 
 def _entries(ms: Metersync) -> list[sa.Row[object]]:
