@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 
 import sqlalchemy as sa
@@ -86,9 +89,28 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 def upgrade(engine: sa.Engine) -> str | None:
     """Apply every pending migration; safe to call from several processes at once."""
-    with _migrate_lock:
+    with _migrate_lock, _sqlite_migration_lock(engine):
         command.upgrade(_alembic_config(engine), "head")
     return current_revision(engine)
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: sa.Engine) -> Iterator[None]:
+    """Let one process at a time migrate a SQLite file: an exclusive ``flock`` on
+    ``<file>.migrate-lock`` (a file of its own: opening and closing the database file
+    itself would drop SQLite's own locks). Alembic reads the version inside it, so a
+    process that waited finds the schema migrated. PostgreSQL needs none: its DDL is
+    transactional and the version row is locked."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: Tries at migrating a new SQLite file that other processes are migrating at the same
